@@ -1,0 +1,114 @@
+"""Seeded checkpoints built from configs, for tests, demos and benchmarks where the hub is out
+of reach.
+
+They are written with ``save_pretrained`` into a folder, so the export then takes exactly the
+``from_pretrained`` path a user's hub id takes. Full-size architectures with random weights
+cost what the real ones cost, which is what benchmarks need.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import tempfile
+from enum import Enum
+from pathlib import Path
+
+from vlpserve.export.samples import clip_bpe_path
+
+logger = logging.getLogger(__name__)
+
+CLIP_BASE_HUB_ID = "openai/clip-vit-base-patch32"
+
+
+class Size(str, Enum):
+    """Architecture size of a seeded checkpoint."""
+
+    TINY = "tiny"
+    BASE = "base"
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2 / CLIP byte-level alphabet: printable bytes map to themselves, the rest above 255.
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, map(chr, codes), strict=True))
+
+
+def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
+    """Write CLIP's vocab.json and merges.txt derived from the open-clip BPE file.
+
+    The vocabulary is built as open_clip's SimpleTokenizer builds it: 256 byte symbols, the
+    same with the end-of-word marker, one entry per merge, then the two special tokens, for
+    49,408 entries in all.
+    """
+    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
+    symbols = list(_bytes_to_unicode().values())
+    vocab = symbols + [s + "</w>" for s in symbols]
+    vocab += ["".join(m) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab_file = folder / "vocab.json"
+    merges_file = folder / "merges.txt"
+    vocab_file.write_text(json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False))
+    merges_file.write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n")
+    return vocab_file, merges_file
+
+
+def clip_tokenizer(work_dir: Path):  # -> CLIPTokenizerFast
+    """Hugging Face CLIPTokenizerFast with the real 49,408-token vocabulary."""
+    from transformers import CLIPTokenizerFast
+
+    vocab_file, merges_file = write_clip_tokenizer_files(work_dir)
+    return CLIPTokenizerFast(
+        vocab_file=str(vocab_file),
+        merges_file=str(merges_file),
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=77,
+    )
+
+
+def build_clip(out_dir: Path | str, *, size: Size | str = Size.TINY, seed: int = 0) -> Path:
+    """Save a seeded CLIPModel with tokenizer and image processor into ``out_dir``.
+
+    ``size="base"`` is the ViT-B/32 architecture of openai/clip-vit-base-patch32.
+    """
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    out = Path(out_dir)
+    text = {"vocab_size": 49408, "max_position_embeddings": 77}
+    text |= {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    vision: dict[str, int] = {"image_size": 224, "patch_size": 32}
+    projection_dim = 512
+    if Size(size) is Size.TINY:
+        small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+        text |= small | {"num_attention_heads": 2}
+        vision |= small | {"num_attention_heads": 2}
+        projection_dim = 16
+    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
+    torch.manual_seed(seed)
+    model = CLIPModel(config).eval()
+    model.save_pretrained(out)
+    with tempfile.TemporaryDirectory() as bpe_dir:
+        clip_tokenizer(Path(bpe_dir)).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    ).save_pretrained(out)
+    logger.info("seeded %s CLIP (seed %d) saved to %s", Size(size).value, seed, out)
+    return out

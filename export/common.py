@@ -1,0 +1,327 @@
+"""Family-independent export machinery: torch -> ONNX, ORT fusions, parity, graph IO, report."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlpserve import __version__
+from vlpserve.dtypes import from_onnx
+from vlpserve.errors import ConfigError, ExportError, ParityError
+
+logger = logging.getLogger(__name__)
+
+REPORT_FILE = "export_report.json"
+GRAPH_FILE = "model.onnx"
+PLAIN_GRAPH_FILE = "model.plain.onnx"
+
+
+class Precision(str, Enum):
+    """Element type of the exported graph's weights and compute (inputs/outputs stay fp32)."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+# Minimum per-item cosine similarity between graph and PyTorch, by precision.
+COSINE_TOLERANCE = {Precision.FP32: 0.9999, Precision.FP16: 0.999}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExportOptions:
+    """What to export and how. ``model`` is a hub id or a local checkpoint folder."""
+
+    model: str
+    out: Path
+    opset: int = 17
+    precision: Precision = Precision.FP32
+    optimize: bool = True
+    keep_plain: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ConfigError("model must be a hub id or a local folder")
+        if not 14 <= self.opset <= 21:
+            raise ConfigError(f"opset must be between 14 and 21, got {self.opset}")
+        object.__setattr__(self, "out", Path(self.out))
+        object.__setattr__(self, "precision", Precision(self.precision))
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphSpec:
+    """One graph to export: the wrapper module, example inputs and ORT optimizer hints."""
+
+    name: str
+    module: Any  # torch.nn.Module, in eval mode
+    example_inputs: dict[str, Any]  # name -> torch.Tensor, in forward() order
+    output_names: tuple[str, ...]
+    dynamic_axes: dict[str, dict[int, str]]
+    optimizer_model_type: str  # onnxruntime.transformers model_type ("clip", "vit", "bert")
+    num_heads: int
+    hidden_size: int
+    # Non-batch dims of outputs the tracer leaves symbolic (an embedding width, say).
+    output_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+
+
+@dataclass
+class GraphReport:
+    """What the export report says about one graph."""
+
+    path: str
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    opset: int
+    size_bytes: int
+    precision: str
+    fusions: dict[str, int] = field(default_factory=dict)
+    parity: dict[str, dict[str, float]] = field(default_factory=dict)
+    plain_path: str | None = None
+
+
+ProgressFn = Callable[[str], None]
+
+
+def _no_progress(_: str) -> None:
+    return None
+
+
+@contextmanager
+def _wrap(step: str) -> Iterator[None]:
+    try:
+        yield
+    except (ExportError, ConfigError):
+        raise
+    except Exception as exc:  # library failures become ExportError naming the step
+        raise ExportError(f"{step} failed: {exc}") from exc
+
+
+def export_graph(spec: GraphSpec, path: Path, *, opset: int) -> None:
+    """torch.onnx.export (TorchScript exporter) with dynamic axes."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spec.module.eval()
+    with _wrap(f"torch.onnx.export of {spec.name}"), torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python branch on a shape; the parity checks that
+        # follow are what tells whether the trace generalises.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            spec.module,
+            tuple(spec.example_inputs.values()),
+            str(path),
+            input_names=list(spec.example_inputs),
+            output_names=list(spec.output_names),
+            dynamic_axes=spec.dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    if spec.output_dims:
+        _fix_output_dims(path, spec.output_dims)
+    # torch.onnx.export restores the module's training flag; wrappers are built in eval mode,
+    # but say it again so a wrapped model never drifts into training behaviour.
+    spec.module.eval()
+
+
+def _fix_output_dims(path: Path, dims: Mapping[str, tuple[int, ...]]) -> None:
+    import onnx
+
+    model = onnx.load(str(path))
+    for output in model.graph.output:
+        for axis, size in enumerate(dims.get(output.name, ()), start=1):
+            dim = output.type.tensor_type.shape.dim[axis]
+            dim.ClearField("dim_param")
+            dim.dim_value = size
+    onnx.save(model, str(path))
+
+
+def optimize_graph(
+    spec: GraphSpec, src: Path, dst: Path, *, precision: Precision, optimize: bool
+) -> dict[str, int]:
+    """Apply onnxruntime.transformers fusions (and fp16 conversion); return fusion counts."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    with _wrap(f"ONNX Runtime optimization of {spec.name}"):
+        model = (
+            optimize_model(
+                str(src),
+                model_type=spec.optimizer_model_type,
+                num_heads=spec.num_heads,
+                hidden_size=spec.hidden_size,
+                opt_level=0,  # graph fusions only: the file stays portable across providers
+                only_onnxruntime=False,
+            )
+            if optimize
+            else None
+        )
+        if model is None:
+            import onnx
+            from onnxruntime.transformers.onnx_model import OnnxModel
+
+            model = OnnxModel(onnx.load(str(src)))
+            fusions: dict[str, int] = {}
+        else:
+            fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
+        if precision is Precision.FP16:
+            model.convert_float_to_float16(keep_io_types=True)
+        model.save_model_to_file(str(dst))
+    return fusions
+
+
+def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Inputs and outputs of an ONNX graph: name, numpy dtype, shape (str for dynamic axes)."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+
+    def describe(values: Sequence[Any]) -> list[dict[str, Any]]:
+        out = []
+        for value in values:
+            tensor = value.type.tensor_type
+            shape = [d.dim_param if d.dim_param else int(d.dim_value) for d in tensor.shape.dim]
+            out.append(
+                {"name": value.name, "dtype": from_onnx(tensor.elem_type).numpy, "shape": shape}
+            )
+        return out
+
+    initializers = {init.name for init in graph.initializer}
+    inputs = [v for v in graph.input if v.name not in initializers]
+    return describe(inputs), describe(graph.output)
+
+
+def ort_session(path: Path, *, threads: int = 0) -> Any:
+    """An ONNX Runtime CPU session with all graph optimizations."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
+    """Per-item cosine (minimum over the batch) and max abs diff of two batched outputs."""
+    a = actual.reshape(actual.shape[0], -1).astype(np.float64)
+    e = expected.reshape(expected.shape[0], -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(e, axis=1)
+    cosine = np.sum(a * e, axis=1) / np.maximum(norms, 1e-12)
+    return {"cosine_min": float(cosine.min()), "max_abs_diff": float(np.abs(a - e).max())}
+
+
+def check_parity(
+    spec: GraphSpec,
+    path: Path,
+    cases: Mapping[str, dict[str, np.ndarray]],
+    *,
+    tolerance: float,
+) -> dict[str, dict[str, float]]:
+    """Run every case through the graph and through PyTorch; raise ParityError on a miss.
+
+    Returns ``{case: {cosine_min, max_abs_diff}}`` with the worst output of each case.
+    """
+    import torch
+
+    session = ort_session(path)
+    figures: dict[str, dict[str, float]] = {}
+    for case, feeds in cases.items():
+        with _wrap(f"running {spec.name} on '{case}'"):
+            got = session.run(list(spec.output_names), feeds)
+        with torch.no_grad():
+            ref = spec.module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+        refs = ref if isinstance(ref, tuple) else (ref,)
+        worst = {"cosine_min": 1.0, "max_abs_diff": 0.0}
+        for out_got, out_ref in zip(got, refs, strict=True):
+            numbers = compare(np.asarray(out_got), out_ref.float().numpy())
+            worst["cosine_min"] = min(worst["cosine_min"], numbers["cosine_min"])
+            worst["max_abs_diff"] = max(worst["max_abs_diff"], numbers["max_abs_diff"])
+        logger.info("%s parity on %s: %s", spec.name, case, worst)
+        if not worst["cosine_min"] >= tolerance:  # also catches NaN
+            raise ParityError(
+                spec.name,
+                case,
+                cosine_min=worst["cosine_min"],
+                max_abs_diff=worst["max_abs_diff"],
+                cosine_tolerance=tolerance,
+            )
+        figures[case] = worst
+    return figures
+
+
+def export_and_check(
+    spec: GraphSpec,
+    options: ExportOptions,
+    cases: Mapping[str, dict[str, np.ndarray]],
+    progress: ProgressFn = _no_progress,
+) -> GraphReport:
+    """Export one graph, optimize it, check parity, and describe it for the report."""
+    folder = options.out / spec.name
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = folder / PLAIN_GRAPH_FILE
+    final = folder / GRAPH_FILE
+    progress(f"{spec.name}: exporting")
+    export_graph(spec, plain, opset=options.opset)
+    tolerance = COSINE_TOLERANCE[options.precision]
+    progress(f"{spec.name}: checking the plain graph")
+    check_parity(spec, plain, cases, tolerance=COSINE_TOLERANCE[Precision.FP32])
+    progress(f"{spec.name}: optimizing")
+    fusions = optimize_graph(
+        spec, plain, final, precision=options.precision, optimize=options.optimize
+    )
+    progress(f"{spec.name}: checking the final graph")
+    parity = check_parity(spec, final, cases, tolerance=tolerance)
+    if not options.keep_plain:
+        plain.unlink()
+    inputs, outputs = graph_io(final)
+    return GraphReport(
+        path=str(final.relative_to(options.out)),
+        inputs=inputs,
+        outputs=outputs,
+        opset=options.opset,
+        size_bytes=final.stat().st_size,
+        precision=options.precision.value,
+        fusions=fusions,
+        parity=parity,
+        plain_path=str(plain.relative_to(options.out)) if options.keep_plain else None,
+    )
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of the libraries an export depends on, for the report."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = ("torch", "transformers", "onnx", "onnxruntime", "optimum-onnx", "numpy")
+    found = {"python": platform.python_version(), "vlpserve": __version__}
+    for name in names:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def write_report(out: Path, report: dict[str, Any]) -> Path:
+    """Write the JSON export report; GraphReport values are turned into dicts."""
+    serial = {
+        k: ({g: asdict(r) for g, r in v.items()} if k == "graphs" else v) for k, v in report.items()
+    }
+    path = out / REPORT_FILE
+    path.write_text(json.dumps(serial, indent=2) + "\n")
+    return path
+
+
+def read_report(export_dir: Path | str) -> dict[str, Any]:
+    """Read an export report; RepositoryError-free: raises ConfigError when it is missing."""
+    path = Path(export_dir) / REPORT_FILE
+    if not path.is_file():
+        raise ConfigError(f"{export_dir} is not an export folder: {REPORT_FILE} is missing")
+    return dict(json.loads(path.read_text()))

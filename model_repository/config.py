@@ -1,0 +1,170 @@
+"""Model configurations as frozen dataclasses, turned into ``model_config_pb2`` messages.
+
+Protobuf appears only here, at the Triton boundary; config.pbtxt is written with
+``text_format`` from the message, never from a string template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from vlpserve.dtypes import from_config, from_numpy
+from vlpserve.errors import ConfigError, RepositoryError
+
+CONFIG_FILE = "config.pbtxt"
+
+
+class Runtime(str, Enum):
+    """How the graphs run inside Triton."""
+
+    PYTHON = "python"  # ONNX Runtime inside Triton's Python backend (the embedded server)
+    ONNXRUNTIME = "onnxruntime"  # Triton's native ONNX Runtime backend (NGC container)
+
+
+class Device(str, Enum):
+    """Where model instances run."""
+
+    CPU = "cpu"
+    GPU = "gpu"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TensorConfig:
+    """One input or output: name, numpy dtype name, dims without the batch axis (-1 dynamic)."""
+
+    name: str
+    dtype: str
+    dims: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        from_numpy(self.dtype)  # raises ConfigError for an unknown type
+        if any(d == 0 or d < -1 for d in self.dims):
+            raise ConfigError(f"{self.name}: dims must be positive or -1, got {self.dims}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Batching:
+    """Dynamic batching settings."""
+
+    max_queue_delay_us: int = 1000
+    preferred_batch_sizes: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_queue_delay_us < 0:
+            raise ConfigError("max_queue_delay_us must be >= 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleStep:
+    """One step of an ensemble: ``input_map`` is step input -> ensemble tensor, and
+    ``output_map`` step output -> ensemble tensor."""
+
+    model: str
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Accelerator:
+    """An execution accelerator (TensorRT or CUDA settings for the ONNX Runtime backend)."""
+
+    name: str
+    parameters: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Everything config.pbtxt says about one model."""
+
+    name: str
+    backend: str | None = None  # "python", "onnxruntime"; None for an ensemble
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    batching: Batching | None = None
+    instances: int = 1
+    device: Device = Device.CPU
+    parameters: Mapping[str, str] = field(default_factory=dict)
+    steps: tuple[EnsembleStep, ...] = ()
+    gpu_accelerators: tuple[Accelerator, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 0:
+            raise ConfigError(f"{self.name}: max_batch_size must be >= 0")
+        if (self.backend is None) == (not self.steps):
+            raise ConfigError(f"{self.name}: give a backend or ensemble steps, not both")
+        if self.instances < 1:
+            raise ConfigError(f"{self.name}: instances must be >= 1")
+        if self.batching and self.max_batch_size == 0:
+            raise ConfigError(f"{self.name}: dynamic batching needs max_batch_size > 0")
+
+    def to_proto(self) -> pb.ModelConfig:
+        """The ``model_config_pb2.ModelConfig`` message."""
+        msg = pb.ModelConfig(name=self.name, max_batch_size=self.max_batch_size)
+        for spec, target in ((self.inputs, msg.input), (self.outputs, msg.output)):
+            for tensor in spec:
+                item = target.add()
+                item.name = tensor.name
+                item.data_type = pb.DataType.Value(from_numpy(tensor.dtype).config)
+                item.dims.extend(tensor.dims)
+        for key, value in self.parameters.items():
+            msg.parameters[key].string_value = value
+        if self.steps:
+            msg.platform = "ensemble"
+            for step in self.steps:
+                item = msg.ensemble_scheduling.step.add(model_name=step.model, model_version=-1)
+                item.input_map.update(step.input_map)
+                item.output_map.update(step.output_map)
+            return msg
+        msg.backend = self.backend or ""
+        kind = (
+            pb.ModelInstanceGroup.KIND_GPU
+            if self.device is Device.GPU
+            else pb.ModelInstanceGroup.KIND_CPU
+        )
+        msg.instance_group.add(count=self.instances, kind=kind)
+        if self.batching:
+            msg.dynamic_batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us
+            msg.dynamic_batching.preferred_batch_size.extend(self.batching.preferred_batch_sizes)
+        for accel in self.gpu_accelerators:
+            item = msg.optimization.execution_accelerators.gpu_execution_accelerator.add(
+                name=accel.name
+            )
+            item.parameters.update(accel.parameters)
+        return msg
+
+
+def to_text(msg: pb.ModelConfig) -> str:
+    """config.pbtxt text; ``max_batch_size: 0`` written out although proto3 drops zeros."""
+    text = text_format.MessageToString(msg)
+    if msg.max_batch_size == 0:
+        text = "max_batch_size: 0\n" + text
+    return text
+
+
+def write_config(config: ModelConfig, repo: Path) -> Path:
+    """Write ``<repo>/<name>/config.pbtxt``."""
+    folder = repo / config.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / CONFIG_FILE
+    path.write_text(to_text(config.to_proto()))
+    return path
+
+
+def read_config(path: Path) -> pb.ModelConfig:
+    """Parse a config.pbtxt into a ``ModelConfig`` message."""
+    try:
+        return text_format.Parse(path.read_text(), pb.ModelConfig())
+    except (OSError, text_format.ParseError) as exc:
+        raise RepositoryError(f"cannot parse {path}: {exc}") from exc
+
+
+def numpy_dtype(data_type: int) -> str:
+    """numpy dtype name of a ``model_config_pb2.DataType`` value."""
+    return from_config(pb.DataType.Name(data_type)).numpy

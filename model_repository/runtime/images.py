@@ -1,0 +1,153 @@
+"""Image decoding and the Hugging Face image-processor pipeline, in numpy and PIL.
+
+``ImagePreprocessing`` reads a ``preprocessor_config.json`` (CLIPImageProcessor,
+BlipImageProcessor) and reproduces its steps with the same element types, so its output is
+the processor's output: convert to RGB, resize with PIL, center crop, rescale in float64
+then cast to float32, normalise, channels first.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from vlpserve.model_repository.runtime.errors import InputItemError
+
+MIN_IMAGE_SIDE = 8  # pixels; a 1x1 or 2x2 "image" is a mistake, not a photo
+MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImagePreprocessing:
+    """The steps of a Hugging Face image processor."""
+
+    resize_shortest_edge: int | None = None
+    resize_to: tuple[int, int] | None = None  # (height, width)
+    resample: int = 3  # PIL.Image.BICUBIC
+    crop: tuple[int, int] | None = None  # (height, width)
+    rescale_factor: float | None = 1 / 255
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    min_side: int = MIN_IMAGE_SIDE
+
+    @classmethod
+    def from_hf_config(cls, config: dict[str, Any], *, min_side: int = MIN_IMAGE_SIDE) -> Any:
+        """Steps of a ``preprocessor_config.json`` as a dict."""
+        size = config.get("size") or {}
+        if isinstance(size, int):
+            size = {"shortest_edge": size}
+        crop = config.get("crop_size") or {}
+        if isinstance(crop, int):
+            crop = {"height": crop, "width": crop}
+        resize = config.get("do_resize", True)
+        return cls(
+            resize_shortest_edge=size.get("shortest_edge") if resize else None,
+            resize_to=((size["height"], size["width"]) if resize and "height" in size else None),
+            resample=int(config.get("resample", 3)),
+            crop=(crop["height"], crop["width"]) if config.get("do_center_crop") else None,
+            rescale_factor=config.get("rescale_factor", 1 / 255)
+            if config.get("do_rescale", True)
+            else None,
+            mean=tuple(config["image_mean"]) if config.get("do_normalize", True) else None,
+            std=tuple(config["image_std"]) if config.get("do_normalize", True) else None,
+            min_side=min_side,
+        )
+
+    @classmethod
+    def from_file(cls, path: Path, *, min_side: int = MIN_IMAGE_SIDE) -> Any:
+        return cls.from_hf_config(json.loads(Path(path).read_text()), min_side=min_side)
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        """(height, width) of the output."""
+        if self.crop:
+            return self.crop
+        if self.resize_to:
+            return self.resize_to
+        raise ValueError("output size depends on the input: no crop and no fixed resize")
+
+    def decode(self, data: bytes, index: int) -> Image.Image:
+        """Decode encoded image bytes to an RGB PIL image, or raise InputItemError."""
+        if len(data) == 0:
+            raise InputItemError(index, "image is empty (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(data))
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise InputItemError(
+                        index, f"image has {image.width}x{image.height} pixels, over the limit"
+                    )
+                image.load()  # decodes fully: truncated data fails here
+        except InputItemError:
+            raise
+        except Image.UnidentifiedImageError as exc:
+            raise InputItemError(
+                index, f"cannot decode image ({len(data)} bytes): not a known image format"
+            ) from exc
+        except (OSError, ValueError, Image.DecompressionBombWarning, SyntaxError) as exc:
+            raise InputItemError(index, f"cannot decode image ({len(data)} bytes): {exc}") from exc
+        if min(image.size) < self.min_side:
+            raise InputItemError(
+                index,
+                f"image is {image.width}x{image.height}; both sides must be at least "
+                f"{self.min_side} pixels",
+            )
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return image
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """Pixel values (3, H, W) float32 of an RGB image."""
+        if self.resize_to or self.resize_shortest_edge:
+            image = image.resize(self._resize_size(image), resample=self.resample)
+        pixels = np.asarray(image)
+        if self.crop:
+            pixels = _center_crop(pixels, *self.crop)
+        values: np.ndarray = pixels
+        if self.rescale_factor is not None:
+            values = (pixels.astype(np.float64) * self.rescale_factor).astype(np.float32)
+        else:
+            values = pixels.astype(np.float32)
+        if self.mean is not None and self.std is not None:
+            mean = np.array(self.mean, dtype=values.dtype)
+            std = np.array(self.std, dtype=values.dtype)
+            values = (values - mean) / std
+        return np.ascontiguousarray(values.transpose(2, 0, 1), dtype=np.float32)
+
+    def _resize_size(self, image: Image.Image) -> tuple[int, int]:
+        """(width, height) for PIL, as transformers' get_resize_output_image_size computes."""
+        if self.resize_to:
+            return self.resize_to[1], self.resize_to[0]
+        width, height = image.size
+        short, long = (width, height) if width <= height else (height, width)
+        new_short = int(self.resize_shortest_edge or short)
+        new_long = int(new_short * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+    def preprocess(self, data: bytes, index: int) -> np.ndarray:
+        """Decode and preprocess one encoded image."""
+        return self(self.decode(data, index))
+
+
+def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """transformers' center_crop for an HWC array, zero padding when the image is smaller."""
+    orig_h, orig_w = pixels.shape[:2]
+    top = (orig_h - height) // 2
+    left = (orig_w - width) // 2
+    if top >= 0 and left >= 0:
+        return pixels[top : top + height, left : left + width]
+    new_h, new_w = max(height, orig_h), max(width, orig_w)
+    padded = np.zeros((new_h, new_w, pixels.shape[2]), dtype=pixels.dtype)
+    pad_top = (new_h - orig_h) // 2
+    pad_left = (new_w - orig_w) // 2
+    padded[pad_top : pad_top + orig_h, pad_left : pad_left + orig_w] = pixels
+    top = (new_h - height) // 2
+    left = (new_w - width) // 2
+    return padded[top : top + height, left : left + width]

@@ -1,0 +1,66 @@
+"""Server-side tokenization with the checkpoint's fast tokenizer (tokenizer.json).
+
+Texts of all requests that Triton hands to one ``execute`` are padded to one common length,
+so the encoder downstream can batch them: texts padded per request to their own length
+would not merge at the encoder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+from vlpserve.model_repository.runtime.errors import InputItemError
+
+MAX_TEXT_BYTES = 65_536  # a text longer than this is a mistake; it would be truncated anyway
+
+
+def decode_texts(items: Sequence[object]) -> list[str]:
+    """UTF-8 strings from BYTES items, or InputItemError naming the bad one."""
+    texts = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            texts.append(item)
+            continue
+        if not isinstance(item, bytes | bytearray | np.bytes_):
+            raise InputItemError(index, f"expected text bytes, got {type(item).__name__}")
+        if len(item) > MAX_TEXT_BYTES:
+            raise InputItemError(index, f"text is {len(item)} bytes, over {MAX_TEXT_BYTES}")
+        try:
+            texts.append(bytes(item).decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise InputItemError(
+                index, f"text is not valid UTF-8 (byte {item[exc.start]:#04x} at {exc.start})"
+            ) from exc
+    return texts
+
+
+class TextTokenizer:
+    """A fast tokenizer truncating at ``max_length`` and padding with ``pad_id``."""
+
+    def __init__(self, tokenizer_file: Path | str, *, max_length: int, pad_id: int) -> None:
+        self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length)
+        self.max_length = max_length
+        self.pad_id = pad_id
+
+    def encode_groups(self, groups: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids and attention masks (int64) per group, all padded to one length."""
+        flat = [text for group in groups for text in group]
+        encodings = self._tokenizer.encode_batch(flat) if flat else []
+        length = max((len(e.ids) for e in encodings), default=1)
+        ids = np.full((len(flat), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(flat), length), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            ids[row, : len(encoding.ids)] = encoding.ids
+            mask[row, : len(encoding.ids)] = 1
+        out = []
+        start = 0
+        for group in groups:
+            end = start + len(group)
+            out.append((ids[start:end], mask[start:end]))
+            start = end
+        return out

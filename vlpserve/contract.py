@@ -1,0 +1,128 @@
+"""The serving contract: model names, tensor names and element types the server exposes.
+
+The repository builder, the validator and the client all import this module, so a name is
+written once. Shapes are not here: they are read from the exported graphs.
+
+Every family has two levels:
+
+* tensor level: the exported graphs (``<family>_text_encoder``, ``<family>_image_encoder``);
+* raw level: text as BYTES and encoded images as BYTES (``<family>_text``, ``<family>_image``),
+  served as ensembles over Python-backend pre-processing models.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class Family(str, Enum):
+    """Model families vlpserve exports and serves."""
+
+    CLIP = "clip"
+
+
+# Tensor names shared by every family.
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+PIXEL_VALUES = "pixel_values"
+TEXT_EMBEDS = "text_embeds"
+IMAGE_EMBEDS = "image_embeds"
+TEXT = "TEXT"
+IMAGE = "IMAGE"
+
+# Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
+PARAM_LOGIT_SCALE = "logit_scale"
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A named tensor and its numpy element type ("object" for BYTES)."""
+
+    name: str
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """The public face of one served model."""
+
+    name: str
+    inputs: tuple[Tensor, ...]
+    outputs: tuple[Tensor, ...]
+
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+
+@dataclass(frozen=True)
+class EmbeddingModels:
+    """The models of a dual-encoder family (CLIP-like): encoders, pre-processing, raw level."""
+
+    family: Family
+
+    @property
+    def text_encoder(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_text_encoder",
+            (Tensor(INPUT_IDS, "int64"), Tensor(ATTENTION_MASK, "int64")),
+            (Tensor(TEXT_EMBEDS, "float32"),),
+        )
+
+    @property
+    def image_encoder(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_image_encoder",
+            (Tensor(PIXEL_VALUES, "float32"),),
+            (Tensor(IMAGE_EMBEDS, "float32"),),
+        )
+
+    @property
+    def tokenizer(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_tokenizer",
+            (Tensor(TEXT, "object"),),
+            (Tensor(INPUT_IDS, "int64"), Tensor(ATTENTION_MASK, "int64")),
+        )
+
+    @property
+    def image_preprocessor(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_image_preprocessor",
+            (Tensor(IMAGE, "object"),),
+            (Tensor(PIXEL_VALUES, "float32"),),
+        )
+
+    @property
+    def text(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_text",
+            (Tensor(TEXT, "object"),),
+            (Tensor(TEXT_EMBEDS, "float32"),),
+        )
+
+    @property
+    def image(self) -> ModelContract:
+        return ModelContract(
+            f"{self.family.value}_image",
+            (Tensor(IMAGE, "object"),),
+            (Tensor(IMAGE_EMBEDS, "float32"),),
+        )
+
+    def all(self) -> tuple[ModelContract, ...]:
+        return (
+            self.text_encoder,
+            self.image_encoder,
+            self.tokenizer,
+            self.image_preprocessor,
+            self.text,
+            self.image,
+        )
+
+
+def embedding_models(family: Family | str) -> EmbeddingModels:
+    """Contract of a dual-encoder family by name (``"clip"``)."""
+    return EmbeddingModels(Family(family))
