@@ -53,7 +53,7 @@ def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
     same with the end-of-word marker, one entry per merge, then the two special tokens, for
     49,408 entries in all.
     """
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
+    lines = gzip.decompress(clip_bpe_path().read_bytes()).decode("utf-8").split("\n")
     merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
     symbols = list(_bytes_to_unicode().values())
     vocab = symbols + [s + "</w>" for s in symbols]

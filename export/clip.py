@@ -11,6 +11,16 @@ import logging
 from typing import Any
 
 import numpy as np
+
+from vlpserve.contract import (
+    ATTENTION_MASK,
+    IMAGE_EMBEDS,
+    INPUT_IDS,
+    PIXEL_VALUES,
+    TEXT_EMBEDS,
+    Family,
+)
+from vlpserve.errors import ExportError
 from vlpserve.export.common import (
     ExportOptions,
     GraphReport,
@@ -22,16 +32,6 @@ from vlpserve.export.common import (
     write_report,
 )
 from vlpserve.export.samples import SAMPLE_TEXTS, photo_paths
-
-from vlpserve.contract import (
-    ATTENTION_MASK,
-    IMAGE_EMBEDS,
-    INPUT_IDS,
-    PIXEL_VALUES,
-    TEXT_EMBEDS,
-    Family,
-)
-from vlpserve.errors import ExportError
 
 logger = logging.getLogger(__name__)
 

@@ -14,6 +14,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vlpserve.contract import (
+    IMAGE,
+    PARAM_LOGIT_SCALE,
+    PIXEL_VALUES,
+    TEXT,
+    EmbeddingModels,
+    ModelContract,
+    embedding_models,
+)
+from vlpserve.errors import ConfigError, RepositoryError
 from vlpserve.export.common import GRAPH_FILE, graph_io, read_report
 from vlpserve.model_repository.config import (
     Accelerator,
@@ -25,17 +35,6 @@ from vlpserve.model_repository.config import (
     TensorConfig,
     write_config,
 )
-
-from vlpserve.contract import (
-    IMAGE,
-    PARAM_LOGIT_SCALE,
-    PIXEL_VALUES,
-    TEXT,
-    EmbeddingModels,
-    ModelContract,
-    embedding_models,
-)
-from vlpserve.errors import ConfigError, RepositoryError
 
 logger = logging.getLogger(__name__)
 

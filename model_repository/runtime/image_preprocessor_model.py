@@ -11,6 +11,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+
+from vlpserve.contract import IMAGE, PIXEL_VALUES
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
 from vlpserve.model_repository.runtime.triton import (
@@ -19,8 +21,6 @@ from vlpserve.model_repository.runtime.triton import (
     invalid_argument,
     response,
 )
-
-from vlpserve.contract import IMAGE, PIXEL_VALUES
 
 PREPROCESSOR_FILE = "preprocessor_config.json"
 

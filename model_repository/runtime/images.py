@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
 from vlpserve.model_repository.runtime.errors import InputItemError
 
 MIN_IMAGE_SIDE = 8  # pixels; a 1x1 or 2x2 "image" is a mistake, not a photo
@@ -79,7 +80,7 @@ class ImagePreprocessing:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image = Image.open(io.BytesIO(data))
+                image: Image.Image = Image.open(io.BytesIO(data))
                 if image.width * image.height > MAX_IMAGE_PIXELS:
                     raise InputItemError(
                         index, f"image has {image.width}x{image.height} pixels, over the limit"

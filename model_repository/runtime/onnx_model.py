@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
+
 from vlpserve.model_repository.runtime.triton import (
     ModelArgs,
     input_array,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from tokenizers import Tokenizer
+
 from vlpserve.model_repository.runtime.errors import InputItemError
 
 MAX_TEXT_BYTES = 65_536  # a text longer than this is a mistake; it would be truncated anyway

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
 from vlpserve.model_repository.runtime.triton import (
@@ -16,8 +17,6 @@ from vlpserve.model_repository.runtime.triton import (
     invalid_argument,
     response,
 )
-
-from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
 
 TOKENIZER_DIR = "tokenizer"
 

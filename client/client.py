@@ -1,0 +1,255 @@
+"""Synchronous gRPC client for a vlpserve Triton deployment.
+
+Task-level methods (``embed_texts``, ``embed_images``, ``classify``) call the raw-level
+models, so the caller sends texts and encoded images and gets embeddings back. Inputs larger
+than the server's max_batch_size are split and sent concurrently; every call has a deadline;
+UNAVAILABLE is retried with backoff; failures raise the typed errors of ``vlpserve.errors``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
+from vlpserve.contract import (
+    IMAGE,
+    IMAGE_EMBEDS,
+    PARAM_LOGIT_SCALE,
+    TEXT,
+    TEXT_EMBEDS,
+    EmbeddingModels,
+    Family,
+    embedding_models,
+)
+from vlpserve.errors import (
+    ClientError,
+    DeadlineExceeded,
+    InvalidInput,
+    ModelNotReady,
+    ServerUnavailable,
+)
+
+logger = logging.getLogger(__name__)
+
+_ITEM = re.compile(r"\bitem (\d+)")
+
+
+def _status(exc: InferenceServerException) -> str:
+    return str(exc.status() or "").rsplit(".", 1)[-1]
+
+
+def translate_error(exc: InferenceServerException, model: str, offset: int = 0) -> ClientError:
+    """The typed error for a Triton failure; item numbers shifted by ``offset``."""
+    status = _status(exc)
+    message = exc.message() or str(exc)
+    if offset:
+        message = _ITEM.sub(lambda m: f"item {int(m.group(1)) + offset}", message)
+    text = f"{model}: {message}"
+    if "unknown model" in message or "is not ready" in message or status == "NOT_FOUND":
+        return ModelNotReady(text)
+    if status == "INVALID_ARGUMENT":
+        return InvalidInput(text)
+    if status == "DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
+        return DeadlineExceeded(text)
+    if status == "UNAVAILABLE":
+        return ServerUnavailable(text)
+    return ClientError(text)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
+
+
+class Client:
+    """Client of one model family on a Triton server (gRPC).
+
+    Args:
+        url: ``host:port`` of Triton's gRPC endpoint.
+        family: model family to call (``"clip"``).
+        timeout_s: deadline of each call, split requests included.
+        retries: how often an UNAVAILABLE answer is retried before ServerUnavailable.
+        retry_backoff_s: first wait between retries; it doubles each time.
+        max_concurrency: requests in flight at once when a call is split.
+    """
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        *,
+        family: Family | str = Family.CLIP,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        retry_backoff_s: float = 0.1,
+        max_concurrency: int = 8,
+    ) -> None:
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        if retries < 0 or max_concurrency < 1:
+            raise ValueError("retries must be >= 0 and max_concurrency >= 1")
+        self.url = url
+        self.models: EmbeddingModels = embedding_models(family)
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._local = threading.local()
+        self._clients: list[grpcclient.InferenceServerClient] = []
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="vlp")
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _grpc(self) -> grpcclient.InferenceServerClient:
+        """One tritonclient per thread: its gRPC stubs are not shared across threads."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = grpcclient.InferenceServerClient(self.url)
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
+
+    def _call(self, what: str, fn: Any, *, offset: int = 0, deadline: float | None = None) -> Any:
+        """Run ``fn(client, timeout)`` with retries of UNAVAILABLE and a deadline."""
+        deadline = deadline or time.monotonic() + self.timeout_s
+        backoff = self.retry_backoff_s
+        for attempt in range(self.retries + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded(f"{what}: no answer within {self.timeout_s} s")
+            try:
+                return fn(self._grpc(), remaining)
+            except InferenceServerException as exc:
+                error = translate_error(exc, what, offset)
+                if not isinstance(error, ServerUnavailable) or attempt == self.retries:
+                    raise error from exc
+                logger.info("%s unavailable (attempt %d), retrying", what, attempt + 1)
+                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
+                backoff *= 2
+        raise AssertionError("unreachable")
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        """A served model's configuration (cached)."""
+        if model not in self._configs:
+            self._configs[model] = self._call(
+                model,
+                lambda c, t: c.get_model_config(model, as_json=True, client_timeout=t)["config"],
+            )
+        return self._configs[model]
+
+    def max_batch_size(self, model: str) -> int:
+        return int(self.model_config(model).get("max_batch_size", 0)) or 1
+
+    def _infer_bytes(self, model: str, name: str, items: list[bytes], output: str) -> np.ndarray:
+        """Send BYTES items in chunks of max_batch_size, concurrently; stack the outputs."""
+        size = self.max_batch_size(model)
+        deadline = time.monotonic() + self.timeout_s
+
+        def one(start: int) -> np.ndarray:
+            chunk = np.array(items[start : start + size], dtype=object).reshape(-1, 1)
+            tensor = grpcclient.InferInput(name, list(chunk.shape), "BYTES")
+            tensor.set_data_from_numpy(chunk)
+
+            def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
+                result = client.infer(
+                    model,
+                    [tensor],
+                    outputs=[grpcclient.InferRequestedOutput(output)],
+                    client_timeout=timeout,
+                )
+                return np.asarray(result.as_numpy(output))
+
+            return self._call(model, infer, offset=start, deadline=deadline)
+
+        starts = list(range(0, len(items), size))
+        if len(starts) == 1:
+            return one(0)
+        return np.concatenate(list(self._pool.map(one, starts)))
+
+    # -- public API -------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when the server is up and the family's raw-level models are ready."""
+        try:
+            return bool(
+                self._call("server", lambda c, t: c.is_server_ready(client_timeout=t))
+                and all(
+                    self._call(m, lambda c, t, m=m: c.is_model_ready(m, client_timeout=t))
+                    for m in (self.models.text.name, self.models.image.name)
+                )
+            )
+        except ClientError:
+            return False
+
+    @property
+    def logit_scale(self) -> float:
+        """exp(logit_scale) of the served checkpoint: the temperature of classify()."""
+        parameters = self.model_config(self.models.text.name).get("parameters", {})
+        try:
+            return float(parameters[PARAM_LOGIT_SCALE]["string_value"])
+        except (KeyError, ValueError) as exc:
+            raise ModelNotReady(f"{self.models.text.name} has no {PARAM_LOGIT_SCALE}") from exc
+
+    def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings, one row per text (float32)."""
+        return self._infer_bytes(self.models.text.name, TEXT, texts_to_bytes(texts), TEXT_EMBEDS)
+
+    def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
+        """L2-normalised image embeddings, one row per image (float32).
+
+        Images may be encoded bytes (JPEG/PNG/WebP), paths, PIL images or uint8 arrays.
+        """
+        return self._infer_bytes(
+            self.models.image.name, IMAGE, images_to_bytes(images), IMAGE_EMBEDS
+        )
+
+    def classify(
+        self,
+        images: Sequence[ImageInput],
+        labels: Sequence[str],
+        *,
+        template: str = "a photo of a {}",
+    ) -> np.ndarray:
+        """Zero-shot classification: probabilities (n_images, n_labels), rows sum to 1.
+
+        Each label is put into ``template`` and embedded; probabilities are
+        softmax(logit_scale * image_embeds @ text_embeds.T), as CLIP's logits_per_image.
+        """
+        if "{}" not in template:
+            raise InvalidInput("template must contain '{}' where the label goes")
+        texts_to_bytes(labels, "labels")  # a non-empty list of str, checked before any call
+        prompts = [template.format(label) for label in labels]
+        text = self.embed_texts(prompts)
+        image = self.embed_images(images)
+        return softmax(self.logit_scale * image.astype(np.float64) @ text.T.astype(np.float64))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        with self._lock:
+            for client in self._clients:
+                client.close()
+            self._clients.clear()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,7 @@
+"""``python -m vlpserve``."""
+
+import sys
+
+from vlpserve.cli import main
+
+sys.exit(main())

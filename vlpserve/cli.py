@@ -1,0 +1,186 @@
+"""The ``vlpserve`` command: thin adapters over the library functions.
+
+Errors of the VlpserveError tree become one clear line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vlpserve import __version__
+from vlpserve.errors import VlpserveError
+
+
+def _progress(description: str) -> tuple[Any, Any]:
+    """A tqdm step display and the callback that advances it."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, bar_format="{desc} [{elapsed}]", file=sys.stderr)
+
+    def step(message: str) -> None:
+        bar.set_description_str(f"{description}: {message}")
+        bar.update()
+
+    return bar, step
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from vlpserve.export import ExportOptions, export_clip
+
+    options = ExportOptions(
+        model=args.model,
+        out=args.out,
+        opset=args.opset,
+        precision=args.precision,
+        optimize=not args.no_optimize,
+        keep_plain=args.keep_plain,
+    )
+    bar, step = _progress(f"export {args.family}")
+    try:
+        report = export_clip(options, step)
+    finally:
+        bar.close()
+    for name, graph in report["graphs"].items():
+        worst = min(p["cosine_min"] for p in graph.parity.values())
+        diff = max(p["max_abs_diff"] for p in graph.parity.values())
+        print(
+            f"{name}: {graph.path} ({graph.size_bytes / 1e6:.1f} MB), "
+            f"parity min cosine {worst:.6f}, max abs diff {diff:.2e}, fusions {graph.fusions}"
+        )
+    print(f"report: {Path(args.out) / 'export_report.json'}")
+    return 0
+
+
+def cmd_repo_build(args: argparse.Namespace) -> int:
+    from vlpserve.model_repository import RepositoryOptions, build_repository
+
+    names = build_repository(
+        RepositoryOptions(
+            export_dir=args.export_dir,
+            out=args.out,
+            runtime=args.runtime,
+            device=args.device,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            encoder_instances=args.encoder_instances,
+            preprocess_instances=args.preprocess_instances,
+        )
+    )
+    print(f"{args.out}: {', '.join(names)}")
+    return 0
+
+
+def cmd_repo_validate(args: argparse.Namespace) -> int:
+    from vlpserve.model_repository import validate_repository
+
+    report = validate_repository(args.repo)
+    print(f"{args.repo}: {len(report.models)} models valid ({', '.join(report.families)})")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from vlpserve.model_repository import TritonServer
+
+    server = TritonServer(
+        args.repo,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        tritonserver=args.tritonserver,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with server:
+        print(f"gRPC     {server.grpc_url}")
+        print(f"HTTP     {server.http_url}")
+        print(f"metrics  {server.metrics_url}")
+        print("serving; Ctrl-C stops", flush=True)
+        while not stop.wait(1.0):
+            if not server.running():
+                print(server.log_tail(), file=sys.stderr)
+                print("vlpserve: error: tritonserver exited", file=sys.stderr)
+                return 1
+    print("stopped")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from vlpserve.demo import run_demo
+
+    run_demo(Path(args.workdir), model=args.model)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="vlpserve", description=__doc__)
+    root.add_argument("--version", action="version", version=f"vlpserve {__version__}")
+    root.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = root.add_subparsers(dest="command", required=True)
+
+    export = sub.add_parser("export", help="export a checkpoint to ONNX graphs")
+    export.add_argument("family", choices=["clip"])
+    export.add_argument("--model", required=True, help="hub id or local checkpoint folder")
+    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--opset", type=int, default=17)
+    export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    export.add_argument("--keep-plain", action="store_true", help="keep the unfused graph too")
+    export.add_argument("--no-optimize", action="store_true", help="skip ORT fusions")
+    export.set_defaults(func=cmd_export)
+
+    repo = sub.add_parser("repo", help="build or validate a Triton model repository")
+    repo_sub = repo.add_subparsers(dest="repo_command", required=True)
+    build = repo_sub.add_parser("build", help="build a repository from an export folder")
+    build.add_argument("export_dir", type=Path)
+    build.add_argument("--out", required=True, type=Path)
+    build.add_argument("--runtime", choices=["python", "onnxruntime"], default="python")
+    build.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    build.add_argument("--max-batch-size", type=int, default=64)
+    build.add_argument("--max-queue-delay-us", type=int, default=2000)
+    build.add_argument("--encoder-instances", type=int, default=1)
+    build.add_argument("--preprocess-instances", type=int, default=1)
+    build.set_defaults(func=cmd_repo_build)
+    validate = repo_sub.add_parser("validate", help="check configs against graphs and contract")
+    validate.add_argument("repo", type=Path)
+    validate.set_defaults(func=cmd_repo_validate)
+
+    serve = sub.add_parser("serve", help="run tritonserver on a repository")
+    serve.add_argument("repo", type=Path)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
+    serve.set_defaults(func=cmd_serve)
+
+    demo = sub.add_parser("demo", help="export, build, serve and query CLIP end to end")
+    demo.add_argument("--workdir", default="build/demo")
+    demo.add_argument("--model", default=None, help="hub id or folder (default: CLIP B/32)")
+    demo.set_defaults(func=cmd_demo)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except VlpserveError as exc:
+        print(f"vlpserve: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vlpserve: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
