@@ -86,16 +86,15 @@ def validate_repository(repo: Path | str) -> ValidationReport:
         if not present:
             continue
         report.families.append(family.value)
+        models = embedding_models(family)
+        graphs = {models.text_encoder.name, models.image_encoder.name}
         for contract in contracts:
             if contract.name not in configs:
                 report.problems.append(f"{family.value}: model {contract.name} is missing")
                 continue
             config = configs[contract.name]
             _check_contract(config, contract, report.problems)
-            if (
-                config.backend == "onnxruntime"
-                or (repo / contract.name / "1" / GRAPH_FILE).exists()
-            ):
+            if contract.name in graphs:  # both runtimes keep the graph as <model>/1/model.onnx
                 _check_graph(config, repo / contract.name, report.problems)
     for config in configs.values():
         for step in config.ensemble_scheduling.step:

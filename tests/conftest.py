@@ -1,0 +1,125 @@
+"""Session fixtures: a tiny seeded CLIP, its export, repositories, a real tritonserver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vlpserve.export import ExportOptions, export_clip
+from vlpserve.export.checkpoints import build_clip
+from vlpserve.model_repository import (
+    RepositoryOptions,
+    Runtime,
+    TritonServer,
+    build_repository,
+)
+
+# Small enough that splitting is exercised with a handful of items; long enough a queue delay
+# that requests sent together are batched together (the tests check that they were).
+TEST_MAX_BATCH_SIZE = 4
+TEST_QUEUE_DELAY_US = 50_000
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    try:
+        import torch
+
+        has_cuda = bool(torch.cuda.is_available())
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def clip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny seeded CLIP saved as a hub checkpoint folder (real 49,408-token vocabulary)."""
+    return build_clip(tmp_path_factory.mktemp("clip-tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def clip_export(clip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("clip-export")
+    export_clip(ExportOptions(model=str(clip_checkpoint), out=out))
+    return out
+
+
+def _repo(export_dir: Path, out: Path, runtime: Runtime) -> Path:
+    build_repository(
+        RepositoryOptions(
+            export_dir=export_dir,
+            out=out,
+            runtime=runtime,
+            max_batch_size=TEST_MAX_BATCH_SIZE,
+            max_queue_delay_us=TEST_QUEUE_DELAY_US,
+        )
+    )
+    return out
+
+
+@pytest.fixture(scope="session")
+def clip_repo(clip_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _repo(clip_export, tmp_path_factory.mktemp("repo-python"), Runtime.PYTHON)
+
+
+@pytest.fixture(scope="session")
+def clip_repo_onnxruntime(clip_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _repo(clip_export, tmp_path_factory.mktemp("repo-ort"), Runtime.ONNXRUNTIME)
+
+
+@pytest.fixture(scope="session")
+def triton(clip_repo: Path) -> Iterator[TritonServer]:
+    """A real tritonserver over the python-runtime repository, started by our launcher."""
+    with TritonServer(clip_repo) as server:
+        yield server
+
+
+@dataclass
+class Reference:
+    """Hugging Face CLIP in process: the reference the served results are measured against."""
+
+    model: Any
+    tokenizer: Any
+    processor: Any
+
+    def text_embeds(self, texts: list[str]) -> Any:
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        with torch.no_grad():
+            embeds = self.model.get_text_features(**batch)
+        return torch.nn.functional.normalize(embeds, dim=-1).numpy()
+
+    def image_embeds(self, images: list[Any]) -> Any:
+        import torch
+
+        pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            embeds = self.model.get_image_features(pixel_values=pixels)
+        return torch.nn.functional.normalize(embeds, dim=-1).numpy()
+
+
+@pytest.fixture(scope="session")
+def reference(clip_checkpoint: Path) -> Reference:
+    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+
+    return Reference(
+        model=CLIPModel.from_pretrained(clip_checkpoint).eval(),
+        tokenizer=CLIPTokenizerFast.from_pretrained(clip_checkpoint),
+        processor=CLIPImageProcessor.from_pretrained(clip_checkpoint),
+    )
+
+
+@pytest.fixture(scope="session")
+def photos() -> dict[str, bytes]:
+    from vlpserve.export.samples import photo_bytes
+
+    return photo_bytes()

@@ -1,0 +1,119 @@
+"""config.pbtxt from model_config_pb2 messages; both runtimes validate against graphs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as pb
+
+from vlpserve.contract import embedding_models
+from vlpserve.errors import ConfigError, RepositoryError
+from vlpserve.model_repository import validate_repository
+from vlpserve.model_repository.config import (
+    Batching,
+    ModelConfig,
+    TensorConfig,
+    read_config,
+    to_text,
+    write_config,
+)
+
+CLIP = embedding_models("clip")
+
+
+def test_max_batch_size_zero_is_written(tmp_path: Path) -> None:
+    config = ModelConfig(
+        name="m",
+        backend="python",
+        max_batch_size=0,
+        inputs=(TensorConfig(name="x", dtype="float32", dims=(2, 3)),),
+        outputs=(TensorConfig(name="y", dtype="object", dims=(1,)),),
+    )
+    text = to_text(config.to_proto())
+    assert "max_batch_size: 0" in text
+    parsed = read_config(write_config(config, tmp_path))
+    assert parsed.max_batch_size == 0
+    assert parsed.output[0].data_type == pb.TYPE_STRING
+    assert list(parsed.input[0].dims) == [2, 3]
+
+
+def test_invalid_configs_rejected() -> None:
+    x = (TensorConfig(name="x", dtype="float32", dims=(1,)),)
+    with pytest.raises(ConfigError, match="dims"):
+        TensorConfig(name="x", dtype="float32", dims=(0,))
+    with pytest.raises(ConfigError, match="unsupported element type"):
+        TensorConfig(name="x", dtype="complex64", dims=(1,))
+    with pytest.raises(ConfigError, match="dynamic batching"):
+        ModelConfig(
+            name="m", backend="python", max_batch_size=0, inputs=x, outputs=x, batching=Batching()
+        )
+    with pytest.raises(ConfigError, match="backend or ensemble"):
+        ModelConfig(name="m", max_batch_size=1, inputs=x, outputs=x)
+
+
+@pytest.mark.parametrize("fixture", ["clip_repo", "clip_repo_onnxruntime"])
+def test_repository_validates(fixture: str, request: pytest.FixtureRequest) -> None:
+    repo: Path = request.getfixturevalue(fixture)
+    report = validate_repository(repo)
+    assert report.ok and report.families == ["clip"]
+    assert report.models == sorted(m.name for m in CLIP.all())
+
+
+def test_onnxruntime_flavour_configs(clip_repo_onnxruntime: Path, clip_export: Path) -> None:
+    encoder = read_config(clip_repo_onnxruntime / "clip_image_encoder" / "config.pbtxt")
+    assert encoder.backend == "onnxruntime"
+    assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
+    (trt,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
+    assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    assert [t.name for t in encoder.input] == ["pixel_values"]
+    assert list(encoder.input[0].dims) == [3, 224, 224]
+    assert list(encoder.output[0].dims) == [16]
+    assert float(encoder.parameters["logit_scale"].string_value) > 1
+    assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
+    text = read_config(clip_repo_onnxruntime / "clip_text" / "config.pbtxt")
+    assert text.platform == "ensemble"
+    assert [s.model_name for s in text.ensemble_scheduling.step] == [
+        "clip_tokenizer",
+        "clip_text_encoder",
+    ]
+    assert not (clip_repo_onnxruntime / "clip_text_encoder" / "1" / "model.py").exists()
+    assert (clip_repo_onnxruntime / "clip_text_encoder" / "1" / "model.onnx").is_file()
+
+
+def test_python_flavour_configs(clip_repo: Path) -> None:
+    encoder = read_config(clip_repo / "clip_text_encoder" / "config.pbtxt")
+    assert encoder.backend == "python"
+    assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
+    assert [(t.name, list(t.dims)) for t in encoder.input] == [
+        ("input_ids", [-1]),
+        ("attention_mask", [-1]),
+    ]
+    tokenizer = read_config(clip_repo / "clip_tokenizer" / "config.pbtxt")
+    assert tokenizer.parameters["max_length"].string_value == "77"
+    assert tokenizer.parameters["pad_token_id"].string_value == "49407"
+
+
+def test_validate_finds_mismatch(clip_repo: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "repo"
+    shutil.copytree(clip_repo, broken)
+    path = broken / "clip_image_encoder" / "config.pbtxt"
+    config = read_config(path)
+    config.input[0].dims[1] = 256  # the graph takes 224
+    config.output[0].data_type = pb.TYPE_FP16
+    path.write_text(to_text(config))
+    shutil.rmtree(broken / "clip_tokenizer")
+    with pytest.raises(RepositoryError) as info:
+        validate_repository(broken)
+    message = str(info.value)
+    assert "clip_tokenizer is missing" in message
+    assert "differ from the graph" in message
+    assert "differ from the contract" in message
+
+
+def test_validate_rejects_non_repository(tmp_path: Path) -> None:
+    with pytest.raises(RepositoryError, match="holds no model"):
+        validate_repository(tmp_path)
+    with pytest.raises(RepositoryError, match="not a folder"):
+        validate_repository(tmp_path / "nope")

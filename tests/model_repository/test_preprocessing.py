@@ -1,0 +1,132 @@
+"""Server-side pre-processing equals Hugging Face's, in process and over gRPC."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.model_repository.runtime.images import ImagePreprocessing
+from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
+
+TEXTS = [
+    "a photo of a cat",
+    "",
+    "Naïve café: ☕ & déjà-vu — 東京 🚀",
+    "UPPER case, punctuation!!! and    spaces",
+    "word " * 120,  # longer than 77 tokens: truncated, end-of-text kept
+]
+
+
+def _encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def variants(photos: dict[str, bytes]) -> dict[str, bytes]:
+    """The real photos plus the same in other modes and formats."""
+    cat = Image.open(io.BytesIO(photos["chelsea.png"]))
+    out = dict(photos)
+    out["gray.png"] = _encode(cat.convert("L"), "PNG")
+    out["rgba.png"] = _encode(cat.convert("RGBA"), "PNG")
+    out["palette.png"] = _encode(cat.convert("P"), "PNG")
+    out["cat.webp"] = _encode(cat, "WEBP", quality=90)
+    out["cmyk.jpg"] = _encode(cat.convert("CMYK"), "JPEG")
+    out["tall.png"] = _encode(cat.resize((31, 240)), "PNG")
+    return out
+
+
+@pytest.fixture(scope="module")
+def steps(clip_export: Path) -> ImagePreprocessing:
+    return ImagePreprocessing.from_file(clip_export / "preprocessor" / "preprocessor_config.json")
+
+
+def test_pixels_equal_clip_image_processor(steps, variants, reference) -> None:
+    for name, data in variants.items():
+        ours = steps.preprocess(data, 0)
+        image = Image.open(io.BytesIO(data))
+        theirs = reference.processor(images=image, return_tensors="np")["pixel_values"][0]
+        assert ours.shape == theirs.shape == (3, 224, 224), name
+        np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=name)
+
+
+def test_served_preprocessor_equals_clip_image_processor(triton, variants, reference) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    names = list(variants)[:4]
+    items = np.array([[variants[n]] for n in names], dtype=object)
+    tensor = grpcclient.InferInput("IMAGE", list(items.shape), "BYTES")
+    tensor.set_data_from_numpy(items)
+    served = client.infer("clip_image_preprocessor", [tensor]).as_numpy("pixel_values")
+    images = [Image.open(io.BytesIO(variants[n])) for n in names]
+    theirs = reference.processor(images=images, return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(served, theirs, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "empty"),
+        (b"\x89PNG\r\n\x1a\nnot really", "cannot decode"),
+        (b"GIF89a" + b"\x00" * 5, "cannot decode"),
+    ],
+)
+def test_decode_errors_name_the_item(steps, data: bytes, reason: str) -> None:
+    with pytest.raises(InputItemError, match=f"item 3: .*{reason}"):
+        steps.preprocess(data, 3)
+
+
+def test_truncated_and_tiny_images(steps, photos) -> None:
+    jpeg = photos["rocket.jpg"]
+    with pytest.raises(InputItemError, match="item 0: cannot decode"):
+        steps.preprocess(jpeg[: len(jpeg) // 2], 0)
+    with pytest.raises(InputItemError, match="1x1"):
+        steps.preprocess(_encode(Image.new("RGB", (1, 1)), "PNG"), 0)
+
+
+def test_tokenizer_ids_equal_hugging_face(clip_export: Path, reference) -> None:
+    ours = TextTokenizer(
+        clip_export / "tokenizer" / "tokenizer.json",
+        max_length=77,
+        pad_id=reference.tokenizer.pad_token_id,
+    )
+    [(ids, mask)] = ours.encode_groups([TEXTS])
+    theirs = reference.tokenizer(
+        TEXTS, padding=True, truncation=True, max_length=77, return_tensors="np"
+    )
+    np.testing.assert_array_equal(ids, theirs["input_ids"])
+    np.testing.assert_array_equal(mask, theirs["attention_mask"])
+    assert ids.shape[1] == 77 and ids[-1, -1] == 49407
+
+
+def test_groups_share_one_padded_length(clip_export: Path) -> None:
+    ours = TextTokenizer(clip_export / "tokenizer" / "tokenizer.json", max_length=77, pad_id=0)
+    short, long = ours.encode_groups([["hi"], ["a much longer sentence than the first"]])
+    assert short[0].shape[1] == long[0].shape[1]
+    assert short[1].sum() == 3  # <start> hi <end>
+
+
+def test_served_tokenizer_equals_hugging_face(triton, reference) -> None:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(triton.grpc_url)
+    items = np.array([[t.encode()] for t in TEXTS[:4]], dtype=object)
+    tensor = grpcclient.InferInput("TEXT", list(items.shape), "BYTES")
+    tensor.set_data_from_numpy(items)
+    result = client.infer("clip_tokenizer", [tensor])
+    theirs = reference.tokenizer(TEXTS[:4], padding=True, return_tensors="np")
+    np.testing.assert_array_equal(result.as_numpy("input_ids"), theirs["input_ids"])
+    np.testing.assert_array_equal(result.as_numpy("attention_mask"), theirs["attention_mask"])
+
+
+def test_decode_texts_rejects_bad_utf8() -> None:
+    assert decode_texts([b"ok", "str"]) == ["ok", "str"]
+    with pytest.raises(InputItemError, match=r"item 1: text is not valid UTF-8 \(byte 0xff at 2\)"):
+        decode_texts([b"fine", b"ab\xff"])

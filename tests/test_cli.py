@@ -1,0 +1,58 @@
+"""The CLI: thin adapters, one clear line and a non-zero exit on errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vlpserve.cli import main
+
+
+def test_repo_build_and_validate(clip_export: Path, tmp_path: Path, capsys) -> None:
+    repo = tmp_path / "repo"
+    assert (
+        main(["repo", "build", str(clip_export), "--out", str(repo), "--runtime", "onnxruntime"])
+        == 0
+    )
+    assert main(["repo", "validate", str(repo)]) == 0
+    assert "6 models valid (clip)" in capsys.readouterr().out
+
+
+def test_validate_broken_repo_exits_1(clip_repo: Path, tmp_path: Path, capsys) -> None:
+    broken = tmp_path / "repo"
+    shutil.copytree(clip_repo, broken)
+    (broken / "clip_text_encoder" / "1" / "model.onnx").unlink()
+    assert main(["repo", "validate", str(broken)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("vlpserve: error:") and "model.onnx is missing" in err
+
+
+def test_export_missing_checkpoint_exits_1(tmp_path: Path, capsys) -> None:
+    code = main(["export", "clip", "--model", str(tmp_path / "none"), "--out", str(tmp_path)])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "vlpserve: error: cannot load CLIP checkpoint" in err
+    assert "Traceback" not in err
+
+
+def test_export_cli_writes_report(clip_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "export"
+    assert main(["export", "clip", "--model", str(clip_checkpoint), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "text_encoder" in printed and "parity min cosine" in printed
+    report = json.loads((out / "export_report.json").read_text())
+    assert set(report["graphs"]) == {"text_encoder", "image_encoder"}
+
+
+def test_repo_build_rejects_non_export(tmp_path: Path, capsys) -> None:
+    assert main(["repo", "build", str(tmp_path), "--out", str(tmp_path / "r")]) == 1
+    assert "not an export folder" in capsys.readouterr().err
+
+
+def test_bad_arguments_exit_2() -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["export", "groupvit-nope"])
+    assert info.value.code == 2
