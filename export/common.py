@@ -299,7 +299,7 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries an export depends on, for the report."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ("torch", "transformers", "onnx", "onnxruntime", "optimum-onnx", "numpy")
+    names = ("torch", "transformers", "onnx", "onnxruntime", "numpy")
     found = {"python": platform.python_version(), "vlpserve": __version__}
     for name in names:
         try:
