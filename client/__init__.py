@@ -4,6 +4,7 @@ Importing it loads numpy and tritonclient only (no torch, transformers or onnx).
 """
 
 from vlpserve.client.client import Client
+from vlpserve.client.segmentation import Segmentation
 from vlpserve.errors import (
     ClientError,
     DeadlineExceeded,
@@ -18,5 +19,6 @@ __all__ = [
     "DeadlineExceeded",
     "InvalidInput",
     "ModelNotReady",
+    "Segmentation",
     "ServerUnavailable",
 ]

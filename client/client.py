@@ -21,11 +21,16 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
+from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
+from vlpserve.client.segmentation import Segmentation
 from vlpserve.contract import (
+    FRACTIONS,
     IMAGE,
     IMAGE_EMBEDS,
+    LABEL_MAP,
+    LABELS,
     PARAM_LOGIT_SCALE,
+    SCORES,
     TEXT,
     TEXT_EMBEDS,
     EmbeddingModels,
@@ -78,7 +83,7 @@ class Client:
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
-        family: model family to call (``"clip"``).
+        family: model family to call (``"clip"``, ``"groupvit"``).
         timeout_s: deadline of each call, split requests included.
         retries: how often an UNAVAILABLE answer is retried before ServerUnavailable.
         retry_backoff_s: first wait between retries; it doubles each time.
@@ -235,6 +240,49 @@ class Client:
         text = self.embed_texts(prompts)
         image = self.embed_images(images)
         return softmax(self.logit_scale * image.astype(np.float64) @ text.T.astype(np.float64))
+
+    def segment(
+        self, image: ImageInput, labels: Sequence[str], *, template: str | None = None
+    ) -> Segmentation:
+        """Zero-shot segmentation (GroupViT): a label per pixel of the original image.
+
+        Args:
+            image: one image (encoded bytes, path, PIL image or uint8 array).
+            labels: label texts; each pixel gets the index of one of them.
+            template: optional prompt such as ``"a photo of a {}."`` put around each label.
+        """
+        if self.models.family is not Family.GROUPVIT:
+            raise InvalidInput(f"segment needs a GroupViT server, this client is {self.family}")
+        texts = texts_to_bytes(labels, "labels")
+        if template is not None:
+            if "{}" not in template:
+                raise InvalidInput("template must contain '{}' where the label goes")
+            texts = [template.format(label).encode() for label in labels]
+        data = image_to_bytes(image, 0)
+        model = self.models.segment.name
+        image_tensor = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
+        image_tensor.set_data_from_numpy(np.array([[data]], dtype=object))
+        label_tensor = grpcclient.InferInput(LABELS, [1, len(texts)], "BYTES")
+        label_tensor.set_data_from_numpy(np.array([texts], dtype=object))
+        outputs = [grpcclient.InferRequestedOutput(n) for n in (LABEL_MAP, SCORES, FRACTIONS)]
+
+        def infer(client: grpcclient.InferenceServerClient, timeout: float) -> Any:
+            return client.infer(
+                model, [image_tensor, label_tensor], outputs=outputs, client_timeout=timeout
+            )
+
+        result = self._call(model, infer)
+        return Segmentation(
+            label_map=np.asarray(result.as_numpy(LABEL_MAP))[0],
+            labels=list(labels),
+            scores=np.asarray(result.as_numpy(SCORES))[0],
+            fractions=np.asarray(result.as_numpy(FRACTIONS))[0],
+            image=data,
+        )
+
+    @property
+    def family(self) -> str:
+        return self.models.family.value
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

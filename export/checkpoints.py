@@ -20,6 +20,7 @@ from vlpserve.export.samples import clip_bpe_path
 logger = logging.getLogger(__name__)
 
 CLIP_BASE_HUB_ID = "openai/clip-vit-base-patch32"
+GROUPVIT_BASE_HUB_ID = "nvidia/groupvit-gcc-yfcc"
 
 
 class Size(str, Enum):
@@ -83,32 +84,86 @@ def clip_tokenizer(work_dir: Path):  # -> CLIPTokenizerFast
     )
 
 
+def _save_clip_preprocessing(out: Path) -> None:
+    """CLIP's tokenizer and image processor beside a checkpoint (CLIP and GroupViT use them)."""
+    from transformers import CLIPImageProcessor
+
+    with tempfile.TemporaryDirectory() as bpe_dir:
+        clip_tokenizer(Path(bpe_dir)).save_pretrained(out)
+    CLIPImageProcessor(
+        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
+    ).save_pretrained(out)
+
+
+_TEXT = {"vocab_size": 49408, "max_position_embeddings": 77}
+_TEXT |= {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+_TINY_TEXT = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+_TINY_TEXT |= {"num_attention_heads": 2}
+
+
 def build_clip(out_dir: Path | str, *, size: Size | str = Size.TINY, seed: int = 0) -> Path:
     """Save a seeded CLIPModel with tokenizer and image processor into ``out_dir``.
 
     ``size="base"`` is the ViT-B/32 architecture of openai/clip-vit-base-patch32.
     """
     import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+    from transformers import CLIPConfig, CLIPModel
 
     out = Path(out_dir)
-    text = {"vocab_size": 49408, "max_position_embeddings": 77}
-    text |= {"bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 49407}
+    text = dict(_TEXT)
     vision: dict[str, int] = {"image_size": 224, "patch_size": 32}
     projection_dim = 512
     if Size(size) is Size.TINY:
-        small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
-        text |= small | {"num_attention_heads": 2}
-        vision |= small | {"num_attention_heads": 2}
+        text |= _TINY_TEXT
+        vision |= _TINY_TEXT
         projection_dim = 16
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim)
     torch.manual_seed(seed)
-    model = CLIPModel(config).eval()
-    model.save_pretrained(out)
-    with tempfile.TemporaryDirectory() as bpe_dir:
-        clip_tokenizer(Path(bpe_dir)).save_pretrained(out)
-    CLIPImageProcessor(
-        size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}
-    ).save_pretrained(out)
+    CLIPModel(config).eval().save_pretrained(out)
+    _save_clip_preprocessing(out)
     logger.info("seeded %s CLIP (seed %d) saved to %s", Size(size).value, seed, out)
+    return out
+
+
+def build_groupvit(out_dir: Path | str, *, size: Size | str = Size.TINY, seed: int = 0) -> Path:
+    """Save a seeded GroupViTModel with CLIP's tokenizer and image processor into ``out_dir``.
+
+    ``size="base"`` is the architecture of nvidia/groupvit-gcc-yfcc (GroupViTConfig's
+    defaults: ViT-S/16 with 64 then 8 group tokens).
+    """
+    import torch
+    from transformers import GroupViTConfig, GroupViTModel
+
+    out = Path(out_dir)
+    text: dict[str, object] = dict(_TEXT)
+    vision: dict[str, object] = {}
+    projection: dict[str, int] = {}
+    if Size(size) is Size.TINY:
+        text |= _TINY_TEXT
+        vision = {
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "depths": [1, 1, 1],
+            "num_hidden_layers": 3,
+            "num_group_tokens": [8, 4, 0],
+            "num_output_groups": [8, 4, 4],
+            "num_attention_heads": 2,
+        }
+        projection = {"projection_dim": 16, "projection_intermediate_dim": 64}
+    config = GroupViTConfig(text_config=text, vision_config=vision, **projection)
+    torch.manual_seed(seed)
+    model = GroupViTModel(config).eval()
+    # With the default initialisation every group token looks alike, every patch joins the
+    # same group and every pixel gets one label: a segmentation test would prove nothing.
+    # Trained group tokens differ; draw them (and the assignment weights) wider.
+    with torch.no_grad():
+        for stage in model.vision_model.encoder.stages:
+            if getattr(stage, "group_token", None) is not None:
+                stage.group_token.normal_(std=3.0)
+        for name, parameter in model.vision_model.named_parameters():
+            if "assign" in name and parameter.dim() > 1:
+                parameter.normal_(std=0.9)
+    model.save_pretrained(out)
+    _save_clip_preprocessing(out)
+    logger.info("seeded %s GroupViT (seed %d) saved to %s", Size(size).value, seed, out)
     return out

@@ -69,17 +69,20 @@ def _towers() -> tuple[type, type]:
     return TextTower, ImageTower
 
 
-def load_reference(model: str) -> tuple[Any, Any, Any]:
-    """CLIPModel (eager attention, eval), fast tokenizer and image processor of a checkpoint."""
-    from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
+    """Model (eager attention, eval), fast tokenizer and image processor of a checkpoint."""
+    from transformers import AutoImageProcessor, AutoTokenizer
 
+    family = model_class.__name__.removesuffix("Model")
     try:
-        clip = CLIPModel.from_pretrained(model, attn_implementation="eager").eval()
+        loaded = model_class.from_pretrained(model, attn_implementation="eager").eval()
         tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
-        processor = CLIPImageProcessor.from_pretrained(model)
+        processor = AutoImageProcessor.from_pretrained(model, use_fast=False)
     except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot load CLIP checkpoint {model!r}: {exc}") from exc
-    return clip, tokenizer, processor
+        raise ExportError(f"cannot load {family} checkpoint {model!r}: {exc}") from exc
+    if not getattr(tokenizer, "is_fast", False):
+        raise ExportError(f"{model!r} has no fast tokenizer (tokenizer.json), which serving needs")
+    return loaded, tokenizer, processor
 
 
 def text_cases(tokenizer: Any, vocab_size: int) -> dict[str, dict[str, np.ndarray]]:
@@ -134,8 +137,35 @@ def text_graph_spec(model: Any, tokenizer: Any, name: str = "text_encoder") -> G
     )
 
 
-def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> dict[str, Any]:
-    """Export a CLIP checkpoint: text and image graphs, tokenizer, processor, report.
+def image_graph_spec(
+    module: Any, vision: Any, output_dims: dict[str, tuple[int, ...]]
+) -> GraphSpec:
+    """Graph spec of an image tower taking fixed-size pixel_values."""
+    import torch
+
+    size = int(vision.image_size)
+    outputs = tuple(output_dims)
+    return GraphSpec(
+        name="image_encoder",
+        module=module.eval(),
+        example_inputs={PIXEL_VALUES: torch.zeros(2, 3, size, size)},
+        output_names=outputs,
+        dynamic_axes={PIXEL_VALUES: {0: "batch"}} | {name: {0: "batch"} for name in outputs},
+        optimizer_model_type="clip",  # "vit" leaves attention unfused
+        num_heads=vision.num_attention_heads,
+        hidden_size=vision.hidden_size,
+        output_dims=output_dims,
+    )
+
+
+def export_dual_encoder(
+    options: ExportOptions,
+    family: Family,
+    loaded: tuple[Any, Any, Any],
+    image_spec: GraphSpec,
+    progress: ProgressFn = _no_progress,
+) -> dict[str, Any]:
+    """Export the text and image graphs of a CLIP-like model, its tokenizer and processor.
 
     Every graph is checked against PyTorch on seeded tensors and on real texts/photos before
     it is accepted (ParityError otherwise).
@@ -143,33 +173,13 @@ def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> 
     Returns:
         The export report (also written to ``<out>/export_report.json``).
     """
-    import torch
-
-    _, image_tower = _towers()
-    progress(f"loading {options.model}")
-    model, tokenizer, processor = load_reference(options.model)
+    model, tokenizer, processor = loaded
     options.out.mkdir(parents=True, exist_ok=True)
-    vision = model.config.vision_config
-    image_size = int(vision.image_size)
+    text_config = model.config.text_config
+    image_size = int(model.config.vision_config.image_size)
     specs = [
-        (
-            text_graph_spec(model, tokenizer),
-            text_cases(tokenizer, model.config.text_config.vocab_size),
-        ),
-        (
-            GraphSpec(
-                name="image_encoder",
-                module=image_tower(model).eval(),
-                example_inputs={PIXEL_VALUES: torch.zeros(2, 3, image_size, image_size)},
-                output_names=(IMAGE_EMBEDS,),
-                dynamic_axes={PIXEL_VALUES: {0: "batch"}, IMAGE_EMBEDS: {0: "batch"}},
-                optimizer_model_type="clip",  # "vit" leaves attention unfused
-                num_heads=vision.num_attention_heads,
-                hidden_size=vision.hidden_size,
-                output_dims={IMAGE_EMBEDS: (int(model.config.projection_dim),)},
-            ),
-            image_cases(processor, image_size),
-        ),
+        (text_graph_spec(model, tokenizer), text_cases(tokenizer, text_config.vocab_size)),
+        (image_spec, image_cases(processor, image_size)),
     ]
     graphs: dict[str, GraphReport] = {}
     for spec, cases in specs:
@@ -178,12 +188,12 @@ def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> 
     tokenizer.save_pretrained(options.out / TOKENIZER_DIR)
     processor.save_pretrained(options.out / PREPROCESSOR_DIR)
     report = {
-        "family": Family.CLIP.value,
+        "family": family.value,
         "source": options.model,
         "precision": options.precision.value,
         "opset": options.opset,
-        "logit_scale": float(model.logit_scale.exp().item()),
-        "max_text_length": int(model.config.text_config.max_position_embeddings),
+        "logit_scale": float(model.logit_scale.detach().exp().item()),
+        "max_text_length": int(text_config.max_position_embeddings),
         "pad_token_id": int(tokenizer.pad_token_id),
         "image_size": image_size,
         "embedding_dim": int(model.config.projection_dim),
@@ -193,5 +203,25 @@ def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> 
         "versions": library_versions(),
     }
     write_report(options.out, report)
-    logger.info("CLIP exported to %s", options.out)
+    logger.info("%s exported to %s", family.value, options.out)
     return report
+
+
+def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+    """Export a CLIP checkpoint: text and image graphs, tokenizer, processor, report.
+
+    Returns:
+        The export report (also written to ``<out>/export_report.json``).
+    """
+    from transformers import CLIPModel
+
+    _, image_tower = _towers()
+    progress(f"loading {options.model}")
+    loaded = load_reference(options.model, CLIPModel)
+    model = loaded[0]
+    image_spec = image_graph_spec(
+        image_tower(model),
+        model.config.vision_config,
+        {IMAGE_EMBEDS: (int(model.config.projection_dim),)},
+    )
+    return export_dual_encoder(options, Family.CLIP, loaded, image_spec, progress)

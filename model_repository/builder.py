@@ -15,11 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from vlpserve.contract import (
+    FRACTIONS,
     IMAGE,
+    LABEL_MAP,
+    LABELS,
     PARAM_LOGIT_SCALE,
     PIXEL_VALUES,
+    SCORES,
     TEXT,
     EmbeddingModels,
+    Family,
     ModelContract,
     embedding_models,
 )
@@ -57,6 +62,7 @@ class RepositoryOptions:
     max_queue_delay_us: int = 2000
     encoder_instances: int = 1
     preprocess_instances: int = 1
+    max_labels: int = 64  # GroupViT segmentation: labels per request
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
@@ -71,6 +77,8 @@ class RepositoryOptions:
             raise ConfigError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
         if self.encoder_instances < 1 or self.preprocess_instances < 1:
             raise ConfigError("instance counts must be >= 1")
+        if not 1 <= self.max_labels <= 1024:
+            raise ConfigError(f"max_labels must be in 1..1024, got {self.max_labels}")
 
 
 def tensor_configs(described: list[dict[str, Any]]) -> tuple[TensorConfig, ...]:
@@ -215,11 +223,13 @@ class _Builder:
         """raw input -> first (pre-processing) -> second (encoder) -> output."""
         (self.options.out / contract.name / "1").mkdir(parents=True, exist_ok=True)
         middle = {t.name: t.name for t in first.outputs}
+        wanted = set(contract.output_names())
+        outputs = tuple(t for t in second.outputs if t.name in wanted)
         return ModelConfig(
             name=contract.name,
             max_batch_size=self.options.max_batch_size,
             inputs=first.inputs,
-            outputs=second.outputs,
+            outputs=outputs,
             parameters=self.parameters,
             steps=(
                 EnsembleStep(
@@ -230,9 +240,40 @@ class _Builder:
                 EnsembleStep(
                     model=second.name,
                     input_map=middle,
-                    output_map={t.name: t.name for t in second.outputs},
+                    output_map={t.name: t.name for t in outputs},
                 ),
             ),
+        )
+
+    def segment(self) -> ModelConfig:
+        """GroupViT's segmentation model: BLS over the image encoder and the raw text model."""
+        contract = self.models.segment
+        version_dir = _fresh_model_dir(self.options.out, contract.name)
+        src = self.options.export_dir / self.report["preprocessor"] / "preprocessor_config.json"
+        shutil.copy2(src, version_dir / src.name)
+        self.python_model("segment_model", version_dir)
+        dims = {LABEL_MAP: (-1, -1), SCORES: (-1,), FRACTIONS: (-1,)}
+        return ModelConfig(
+            name=contract.name,
+            backend="python",
+            max_batch_size=self.options.max_batch_size,
+            inputs=(
+                TensorConfig(name=IMAGE, dtype="object", dims=(1,)),
+                TensorConfig(name=LABELS, dtype="object", dims=(-1,)),
+            ),
+            outputs=tuple(
+                TensorConfig(name=t.name, dtype=t.dtype, dims=dims[t.name])
+                for t in contract.outputs
+            ),
+            batching=self.batching,
+            instances=self.options.preprocess_instances,
+            parameters=self.parameters
+            | {
+                "text_model": self.models.text.name,
+                "image_model": self.models.image_encoder.name,
+                "encoder_max_batch_size": str(self.options.max_batch_size),
+                "max_labels": str(self.options.max_labels),
+            },
         )
 
     def build(self) -> list[ModelConfig]:
@@ -240,7 +281,7 @@ class _Builder:
         image_encoder = self.encoder(self.models.image_encoder, "image_encoder")
         tokenizer = self.tokenizer(text_encoder)
         preprocessor = self.image_preprocessor(image_encoder)
-        return [
+        configs = [
             text_encoder,
             image_encoder,
             tokenizer,
@@ -248,6 +289,9 @@ class _Builder:
             self.ensemble(self.models.text, tokenizer, text_encoder),
             self.ensemble(self.models.image, preprocessor, image_encoder),
         ]
+        if self.models.family is Family.GROUPVIT:
+            configs.append(self.segment())
+        return configs
 
 
 def build_repository(options: RepositoryOptions) -> list[str]:

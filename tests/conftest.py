@@ -1,4 +1,4 @@
-"""Session fixtures: a tiny seeded CLIP, its export, repositories, a real tritonserver."""
+"""Session fixtures: tiny seeded CLIP and GroupViT, exports, repositories, a real tritonserver."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vlpserve.export import ExportOptions, export_clip
-from vlpserve.export.checkpoints import build_clip
+from vlpserve.export import ExportOptions, export_clip, export_groupvit
+from vlpserve.export.checkpoints import build_clip, build_groupvit
 from vlpserve.model_repository import (
     RepositoryOptions,
     Runtime,
@@ -22,6 +22,7 @@ from vlpserve.model_repository import (
 # that requests sent together are batched together (the tests check that they were).
 TEST_MAX_BATCH_SIZE = 4
 TEST_QUEUE_DELAY_US = 50_000
+TEST_MAX_LABELS = 8
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -52,33 +53,56 @@ def clip_export(clip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     return out
 
 
-def _repo(export_dir: Path, out: Path, runtime: Runtime) -> Path:
-    build_repository(
-        RepositoryOptions(
-            export_dir=export_dir,
-            out=out,
-            runtime=runtime,
-            max_batch_size=TEST_MAX_BATCH_SIZE,
-            max_queue_delay_us=TEST_QUEUE_DELAY_US,
+@pytest.fixture(scope="session")
+def groupvit_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny seeded GroupViT with CLIP's tokenizer and image processor."""
+    return build_groupvit(tmp_path_factory.mktemp("groupvit-tiny"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def groupvit_export(groupvit_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("groupvit-export")
+    export_groupvit(ExportOptions(model=str(groupvit_checkpoint), out=out))
+    return out
+
+
+def _repo(exports: list[Path], out: Path, runtime: Runtime) -> Path:
+    """One repository holding every family's models (their names do not collide)."""
+    for export_dir in exports:
+        build_repository(
+            RepositoryOptions(
+                export_dir=export_dir,
+                out=out,
+                runtime=runtime,
+                max_batch_size=TEST_MAX_BATCH_SIZE,
+                max_queue_delay_us=TEST_QUEUE_DELAY_US,
+                max_labels=TEST_MAX_LABELS,
+            )
         )
-    )
     return out
 
 
 @pytest.fixture(scope="session")
-def clip_repo(clip_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _repo(clip_export, tmp_path_factory.mktemp("repo-python"), Runtime.PYTHON)
+def python_repo(
+    clip_export: Path, groupvit_export: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The python-runtime repository: CLIP and GroupViT models."""
+    out = tmp_path_factory.mktemp("repo-python")
+    return _repo([clip_export, groupvit_export], out, Runtime.PYTHON)
 
 
 @pytest.fixture(scope="session")
-def clip_repo_onnxruntime(clip_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _repo(clip_export, tmp_path_factory.mktemp("repo-ort"), Runtime.ONNXRUNTIME)
+def onnxruntime_repo(
+    clip_export: Path, groupvit_export: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    out = tmp_path_factory.mktemp("repo-ort")
+    return _repo([clip_export, groupvit_export], out, Runtime.ONNXRUNTIME)
 
 
 @pytest.fixture(scope="session")
-def triton(clip_repo: Path) -> Iterator[TritonServer]:
+def triton(python_repo: Path) -> Iterator[TritonServer]:
     """A real tritonserver over the python-runtime repository, started by our launcher."""
-    with TritonServer(clip_repo) as server:
+    with TritonServer(python_repo) as server:
         yield server
 
 
@@ -115,6 +139,17 @@ def reference(clip_checkpoint: Path) -> Reference:
         model=CLIPModel.from_pretrained(clip_checkpoint).eval(),
         tokenizer=CLIPTokenizerFast.from_pretrained(clip_checkpoint),
         processor=CLIPImageProcessor.from_pretrained(clip_checkpoint),
+    )
+
+
+@pytest.fixture(scope="session")
+def groupvit_reference(groupvit_checkpoint: Path) -> Reference:
+    from transformers import CLIPImageProcessor, CLIPTokenizerFast, GroupViTModel
+
+    return Reference(
+        model=GroupViTModel.from_pretrained(groupvit_checkpoint).eval(),
+        tokenizer=CLIPTokenizerFast.from_pretrained(groupvit_checkpoint),
+        processor=CLIPImageProcessor.from_pretrained(groupvit_checkpoint),
     )
 
 

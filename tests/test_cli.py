@@ -21,9 +21,19 @@ def test_repo_build_and_validate(clip_export: Path, tmp_path: Path, capsys) -> N
     assert "6 models valid (clip)" in capsys.readouterr().out
 
 
-def test_validate_broken_repo_exits_1(clip_repo: Path, tmp_path: Path, capsys) -> None:
+def test_export_groupvit_cli(groupvit_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "export"
+    assert main(["export", "groupvit", "--model", str(groupvit_checkpoint), "--out", str(out)]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["family"] == "groupvit"
+    assert main(["repo", "build", str(out), "--out", str(tmp_path / "repo")]) == 0
+    assert main(["repo", "validate", str(tmp_path / "repo")]) == 0
+    assert "7 models valid (groupvit)" in capsys.readouterr().out
+
+
+def test_validate_broken_repo_exits_1(python_repo: Path, tmp_path: Path, capsys) -> None:
     broken = tmp_path / "repo"
-    shutil.copytree(clip_repo, broken)
+    shutil.copytree(python_repo, broken)
     (broken / "clip_text_encoder" / "1" / "model.onnx").unlink()
     assert main(["repo", "validate", str(broken)]) == 1
     err = capsys.readouterr().err

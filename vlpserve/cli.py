@@ -10,29 +10,51 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from vlpserve import __version__
+from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
+EXPORTABLE = (Family.CLIP, Family.GROUPVIT)
 
-def _progress(description: str) -> tuple[Any, Any]:
-    """A tqdm step display and the callback that advances it."""
-    from tqdm import tqdm
 
-    bar = tqdm(desc=description, bar_format="{desc} [{elapsed}]", file=sys.stderr)
+class _Progress:
+    """Shows long steps: a live tqdm line on a terminal, one line per step otherwise."""
 
-    def step(message: str) -> None:
-        bar.set_description_str(f"{description}: {message}")
-        bar.update()
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.started = time.monotonic()
+        self.bar: Any = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
 
-    return bar, step
+            self.bar = tqdm(desc=description, bar_format="{desc} [{elapsed}]", file=sys.stderr)
+
+    def step(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.description}: {message}")
+            self.bar.update()
+        else:
+            elapsed = time.monotonic() - self.started
+            print(f"{self.description}: {message} [{elapsed:5.1f} s]", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress(description: str) -> tuple[_Progress, Any]:
+    """A step display and the callback that advances it."""
+    progress = _Progress(description)
+    return progress, progress.step
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from vlpserve.export import ExportOptions, export_clip
+    from vlpserve.export import ExportOptions, export
 
     options = ExportOptions(
         model=args.model,
@@ -44,7 +66,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     )
     bar, step = _progress(f"export {args.family}")
     try:
-        report = export_clip(options, step)
+        report = export(args.family, options, step)
     finally:
         bar.close()
     for name, graph in report["graphs"].items():
@@ -71,6 +93,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             max_queue_delay_us=args.max_queue_delay_us,
             encoder_instances=args.encoder_instances,
             preprocess_instances=args.preprocess_instances,
+            max_labels=args.max_labels,
         )
     )
     print(f"{args.out}: {', '.join(names)}")
@@ -115,7 +138,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlpserve.demo import run_demo
 
-    run_demo(Path(args.workdir), model=args.model)
+    run_demo(Path(args.workdir), model=args.model, groupvit=args.groupvit)
     return 0
 
 
@@ -126,7 +149,7 @@ def parser() -> argparse.ArgumentParser:
     sub = root.add_subparsers(dest="command", required=True)
 
     export = sub.add_parser("export", help="export a checkpoint to ONNX graphs")
-    export.add_argument("family", choices=["clip"])
+    export.add_argument("family", choices=[f.value for f in EXPORTABLE])
     export.add_argument("--model", required=True, help="hub id or local checkpoint folder")
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--opset", type=int, default=17)
@@ -146,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--max-queue-delay-us", type=int, default=2000)
     build.add_argument("--encoder-instances", type=int, default=1)
     build.add_argument("--preprocess-instances", type=int, default=1)
+    build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")
     build.set_defaults(func=cmd_repo_build)
     validate = repo_sub.add_parser("validate", help="check configs against graphs and contract")
     validate.add_argument("repo", type=Path)
@@ -159,9 +183,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="export, build, serve and query CLIP end to end")
+    demo = sub.add_parser("demo", help="export, build, serve and query CLIP and GroupViT")
     demo.add_argument("--workdir", default="build/demo")
-    demo.add_argument("--model", default=None, help="hub id or folder (default: CLIP B/32)")
+    demo.add_argument("--model", default=None, help="CLIP hub id or folder (default: B/32)")
+    demo.add_argument("--groupvit", default=None, help="GroupViT hub id or folder")
     demo.set_defaults(func=cmd_demo)
     return root
 

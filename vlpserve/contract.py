@@ -20,6 +20,7 @@ class Family(str, Enum):
     """Model families vlpserve exports and serves."""
 
     CLIP = "clip"
+    GROUPVIT = "groupvit"
 
 
 # Tensor names shared by every family.
@@ -28,8 +29,14 @@ ATTENTION_MASK = "attention_mask"
 PIXEL_VALUES = "pixel_values"
 TEXT_EMBEDS = "text_embeds"
 IMAGE_EMBEDS = "image_embeds"
+GROUP_EMBEDS = "group_embeds"
+GROUPING = "grouping"
 TEXT = "TEXT"
 IMAGE = "IMAGE"
+LABELS = "LABELS"
+LABEL_MAP = "label_map"
+SCORES = "scores"
+FRACTIONS = "fractions"
 
 # Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
 PARAM_LOGIT_SCALE = "logit_scale"
@@ -74,10 +81,11 @@ class EmbeddingModels:
 
     @property
     def image_encoder(self) -> ModelContract:
+        outputs: tuple[Tensor, ...] = (Tensor(IMAGE_EMBEDS, "float32"),)
+        if self.family is Family.GROUPVIT:
+            outputs += (Tensor(GROUP_EMBEDS, "float32"), Tensor(GROUPING, "float32"))
         return ModelContract(
-            f"{self.family.value}_image_encoder",
-            (Tensor(PIXEL_VALUES, "float32"),),
-            (Tensor(IMAGE_EMBEDS, "float32"),),
+            f"{self.family.value}_image_encoder", (Tensor(PIXEL_VALUES, "float32"),), outputs
         )
 
     @property
@@ -112,8 +120,17 @@ class EmbeddingModels:
             (Tensor(IMAGE_EMBEDS, "float32"),),
         )
 
+    @property
+    def segment(self) -> ModelContract:
+        """GroupViT only: an encoded image and label texts -> label map at the image's size."""
+        return ModelContract(
+            f"{self.family.value}_segment",
+            (Tensor(IMAGE, "object"), Tensor(LABELS, "object")),
+            (Tensor(LABEL_MAP, "int32"), Tensor(SCORES, "float32"), Tensor(FRACTIONS, "float32")),
+        )
+
     def all(self) -> tuple[ModelContract, ...]:
-        return (
+        models = (
             self.text_encoder,
             self.image_encoder,
             self.tokenizer,
@@ -121,8 +138,9 @@ class EmbeddingModels:
             self.text,
             self.image,
         )
+        return models + ((self.segment,) if self.family is Family.GROUPVIT else ())
 
 
 def embedding_models(family: Family | str) -> EmbeddingModels:
-    """Contract of a dual-encoder family by name (``"clip"``)."""
+    """Contract of a dual-encoder family by name (``"clip"``, ``"groupvit"``)."""
     return EmbeddingModels(Family(family))

@@ -1,19 +1,32 @@
-"""``vlpserve demo``: export CLIP, build the repository, serve it, embed and classify photos.
+"""``vlpserve demo``: export CLIP and GroupViT, build one repository, serve it, then embed,
+classify and segment the sample photos.
 
-Uses the hub's openai/clip-vit-base-patch32 when it can be reached; otherwise the same
-architecture with seeded random weights (and says so: its answers are then meaningless,
-its costs are the real ones).
+Uses the hub's checkpoints (openai/clip-vit-base-patch32, nvidia/groupvit-gcc-yfcc) when
+the hub can be reached; otherwise the same architectures with seeded random weights, and
+says so: the answers are then meaningless, the costs are the real ones.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from vlpserve.export.checkpoints import CLIP_BASE_HUB_ID, Size, build_clip
+from vlpserve.contract import Family
+from vlpserve.export.checkpoints import (
+    CLIP_BASE_HUB_ID,
+    GROUPVIT_BASE_HUB_ID,
+    Size,
+    build_clip,
+    build_groupvit,
+)
 from vlpserve.export.common import REPORT_FILE, ExportOptions, read_report
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
+
+HUB_IDS = {Family.CLIP: CLIP_BASE_HUB_ID, Family.GROUPVIT: GROUPVIT_BASE_HUB_ID}
+BUILDERS = {Family.CLIP: build_clip, Family.GROUPVIT: build_groupvit}
+SEGMENT_LABELS = ["cat", "grass", "wall", "sky"]
 
 
 def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
@@ -27,36 +40,52 @@ def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def _checkpoint(workdir: Path, model: str | None) -> str:
+def _checkpoint(workdir: Path, family: Family, model: str | None) -> str:
     if model:
         return model
-    if hub_reachable(CLIP_BASE_HUB_ID):
-        print(f"using {CLIP_BASE_HUB_ID} from the Hugging Face hub")
-        return CLIP_BASE_HUB_ID
-    folder = workdir / "clip-vit-base-patch32-seeded"
+    hub_id = HUB_IDS[family]
+    if hub_reachable(hub_id):
+        print(f"using {hub_id} from the Hugging Face hub")
+        return hub_id
+    folder = workdir / f"{hub_id.split('/')[-1]}-seeded"
     print(
-        f"the Hugging Face hub is out of reach: using the {CLIP_BASE_HUB_ID} architecture "
-        "with SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
+        f"the Hugging Face hub is out of reach: using the {hub_id} architecture with "
+        "SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
     )
     if not (folder / "config.json").is_file():
-        build_clip(folder, size=Size.BASE, seed=0)
+        BUILDERS[family](folder, size=Size.BASE, seed=0)
     return str(folder)
 
 
-def _median_ms(fn: object, repeats: int = 10) -> float:
+def _export(workdir: Path, family: Family, model: str | None) -> Path:
+    from vlpserve.cli import _progress
+    from vlpserve.export import export
+
+    source = _checkpoint(workdir, family, model)
+    export_dir = workdir / f"export-{family.value}"
+    if (export_dir / REPORT_FILE).is_file() and read_report(export_dir)["source"] == source:
+        print(f"reusing the export in {export_dir}")
+        return export_dir
+    bar, step = _progress(f"export {family.value}")
+    try:
+        export(family, ExportOptions(model=source, out=export_dir), step)
+    finally:
+        bar.close()
+    return export_dir
+
+
+def _median_ms(fn: Callable[[], object], repeats: int = 10) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        fn()  # type: ignore[operator]
+        fn()
         times.append((time.perf_counter() - start) * 1000)
     return statistics.median(times)
 
 
-def run_demo(workdir: Path, *, model: str | None = None) -> None:
+def run_demo(workdir: Path, *, model: str | None = None, groupvit: str | None = None) -> None:
     """Run the whole pipeline once and print what it did."""
-    from vlpserve.cli import _progress
     from vlpserve.client import Client
-    from vlpserve.export import export_clip
     from vlpserve.model_repository import (
         RepositoryOptions,
         TritonServer,
@@ -65,19 +94,11 @@ def run_demo(workdir: Path, *, model: str | None = None) -> None:
     )
 
     workdir.mkdir(parents=True, exist_ok=True)
-    source = _checkpoint(workdir, model)
-    export_dir = workdir / "export"
-    reuse = (export_dir / REPORT_FILE).is_file() and read_report(export_dir)["source"] == source
-    if reuse:
-        print(f"reusing the export in {export_dir}")
-    else:
-        bar, step = _progress("export clip")
-        try:
-            export_clip(ExportOptions(model=source, out=export_dir), step)
-        finally:
-            bar.close()
     repo = workdir / "model_repository"
-    names = build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
+    names: list[str] = []
+    for family, source in ((Family.CLIP, model), (Family.GROUPVIT, groupvit)):
+        export_dir = _export(workdir, family, source)
+        names += build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
     validate_repository(repo)
     print(f"repository {repo}: {', '.join(names)}")
     photos = photo_bytes()
@@ -86,16 +107,25 @@ def run_demo(workdir: Path, *, model: str | None = None) -> None:
         print(f"tritonserver ready in {time.perf_counter() - started:.1f} s on {server.grpc_url}")
         with Client(server.grpc_url) as client:
             embeddings = client.embed_images(list(photos.values()))
-            print(f"embedded {len(photos)} photos -> {embeddings.shape}")
+            print(f"\nCLIP: embedded {len(photos)} photos -> {embeddings.shape}")
             probs = client.classify(list(photos.values()), list(SAMPLE_LABELS))
-            print(f"\nzero-shot classification (logit_scale {client.logit_scale:.2f}):")
+            print(f"zero-shot classification (logit_scale {client.logit_scale:.2f}):")
             for name, row in zip(photos, probs, strict=True):
                 best = int(row.argmax())
                 print(f"  {name:<14} -> {SAMPLE_LABELS[best]:<14} p={row[best]:.3f}")
             one_photo = [photos["chelsea.png"]]
             text_ms = _median_ms(lambda: client.embed_texts(["a photo of a cat"]))
             image_ms = _median_ms(lambda: client.embed_images(one_photo))
-            print("\nround trip over gRPC, batch 1, median of 10:")
+            print("round trip over gRPC, batch 1, median of 10:")
             print(f"  text  (5 words)            {text_ms:7.1f} ms")
             print(f"  image (chelsea.png, PNG)   {image_ms:7.1f} ms")
+        with Client(server.grpc_url, family=Family.GROUPVIT) as client:
+            seg = client.segment(photos["chelsea.png"], SEGMENT_LABELS, template="a photo of a {}.")
+            overlay = seg.save_overlay(workdir / "chelsea_segmentation.png")
+            print(f"\nGroupViT: segmented chelsea.png into {seg.label_map.shape} label map")
+            for label, fraction in zip(seg.labels, seg.fractions, strict=True):
+                print(f"  {label:<8} {fraction:6.1%} of pixels")
+            segment_ms = _median_ms(lambda: client.segment(one_photo[0], SEGMENT_LABELS), 5)
+            print(f"  round trip, 4 labels, median of 5: {segment_ms:.1f} ms")
+            print(f"  overlay: {overlay.resolve()}")
     print("\ntritonserver stopped; demo done")

@@ -85,7 +85,9 @@ def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path) -> None:
 
 
 def test_parity_failure_raises_with_numbers(clip_checkpoint: Path, clip_export: Path) -> None:
-    model, tokenizer, _ = load_reference(str(clip_checkpoint))
+    from transformers import CLIPModel
+
+    model, tokenizer, _ = load_reference(str(clip_checkpoint), CLIPModel)
     spec = text_graph_spec(model, tokenizer)
     # Another seed's weights behind the same graph: parity must fail and say by how much.
     import torch

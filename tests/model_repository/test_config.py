@@ -21,6 +21,7 @@ from vlpserve.model_repository.config import (
 )
 
 CLIP = embedding_models("clip")
+GROUPVIT = embedding_models("groupvit")
 
 
 def test_max_batch_size_zero_is_written(tmp_path: Path) -> None:
@@ -53,16 +54,17 @@ def test_invalid_configs_rejected() -> None:
         ModelConfig(name="m", max_batch_size=1, inputs=x, outputs=x)
 
 
-@pytest.mark.parametrize("fixture", ["clip_repo", "clip_repo_onnxruntime"])
+@pytest.mark.parametrize("fixture", ["python_repo", "onnxruntime_repo"])
 def test_repository_validates(fixture: str, request: pytest.FixtureRequest) -> None:
     repo: Path = request.getfixturevalue(fixture)
     report = validate_repository(repo)
-    assert report.ok and report.families == ["clip"]
-    assert report.models == sorted(m.name for m in CLIP.all())
+    assert report.ok and report.families == ["clip", "groupvit"]
+    expected = [m.name for m in CLIP.all()] + [m.name for m in GROUPVIT.all()]
+    assert report.models == sorted(expected)
 
 
-def test_onnxruntime_flavour_configs(clip_repo_onnxruntime: Path, clip_export: Path) -> None:
-    encoder = read_config(clip_repo_onnxruntime / "clip_image_encoder" / "config.pbtxt")
+def test_onnxruntime_flavour_configs(onnxruntime_repo: Path, clip_export: Path) -> None:
+    encoder = read_config(onnxruntime_repo / "clip_image_encoder" / "config.pbtxt")
     assert encoder.backend == "onnxruntime"
     assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     (trt,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
@@ -72,32 +74,51 @@ def test_onnxruntime_flavour_configs(clip_repo_onnxruntime: Path, clip_export: P
     assert list(encoder.output[0].dims) == [16]
     assert float(encoder.parameters["logit_scale"].string_value) > 1
     assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
-    text = read_config(clip_repo_onnxruntime / "clip_text" / "config.pbtxt")
+    text = read_config(onnxruntime_repo / "clip_text" / "config.pbtxt")
     assert text.platform == "ensemble"
     assert [s.model_name for s in text.ensemble_scheduling.step] == [
         "clip_tokenizer",
         "clip_text_encoder",
     ]
-    assert not (clip_repo_onnxruntime / "clip_text_encoder" / "1" / "model.py").exists()
-    assert (clip_repo_onnxruntime / "clip_text_encoder" / "1" / "model.onnx").is_file()
+    assert not (onnxruntime_repo / "clip_text_encoder" / "1" / "model.py").exists()
+    assert (onnxruntime_repo / "clip_text_encoder" / "1" / "model.onnx").is_file()
 
 
-def test_python_flavour_configs(clip_repo: Path) -> None:
-    encoder = read_config(clip_repo / "clip_text_encoder" / "config.pbtxt")
+def test_groupvit_configs(python_repo: Path) -> None:
+    encoder = read_config(python_repo / "groupvit_image_encoder" / "config.pbtxt")
+    assert [(t.name, list(t.dims)) for t in encoder.output] == [
+        ("image_embeds", [16]),
+        ("group_embeds", [4, 16]),
+        ("grouping", [4, 14, 14]),
+    ]
+    image = read_config(python_repo / "groupvit_image" / "config.pbtxt")
+    assert [t.name for t in image.output] == ["image_embeds"]  # the raw level stays CLIP's
+    segment = read_config(python_repo / "groupvit_segment" / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims)) for t in segment.output] == [
+        ("label_map", pb.TYPE_INT32, [-1, -1]),
+        ("scores", pb.TYPE_FP32, [-1]),
+        ("fractions", pb.TYPE_FP32, [-1]),
+    ]
+    assert segment.parameters["max_labels"].string_value == "8"
+    assert segment.parameters["text_model"].string_value == "groupvit_text"
+
+
+def test_python_flavour_configs(python_repo: Path) -> None:
+    encoder = read_config(python_repo / "clip_text_encoder" / "config.pbtxt")
     assert encoder.backend == "python"
     assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
     assert [(t.name, list(t.dims)) for t in encoder.input] == [
         ("input_ids", [-1]),
         ("attention_mask", [-1]),
     ]
-    tokenizer = read_config(clip_repo / "clip_tokenizer" / "config.pbtxt")
+    tokenizer = read_config(python_repo / "clip_tokenizer" / "config.pbtxt")
     assert tokenizer.parameters["max_length"].string_value == "77"
     assert tokenizer.parameters["pad_token_id"].string_value == "49407"
 
 
-def test_validate_finds_mismatch(clip_repo: Path, tmp_path: Path) -> None:
+def test_validate_finds_mismatch(python_repo: Path, tmp_path: Path) -> None:
     broken = tmp_path / "repo"
-    shutil.copytree(clip_repo, broken)
+    shutil.copytree(python_repo, broken)
     path = broken / "clip_image_encoder" / "config.pbtxt"
     config = read_config(path)
     config.input[0].dims[1] = 256  # the graph takes 224

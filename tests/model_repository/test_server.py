@@ -38,9 +38,9 @@ def test_broken_model_fails_with_log_tail(tmp_path: Path) -> None:
     assert not server.running()
 
 
-def test_cli_serve_stops_cleanly_on_sigint(clip_repo: Path) -> None:
+def test_cli_serve_stops_cleanly_on_sigint(python_repo: Path) -> None:
     grpc_port = free_port()
-    command = [sys.executable, "-m", "vlpserve", "serve", str(clip_repo)]
+    command = [sys.executable, "-m", "vlpserve", "serve", str(python_repo)]
     command += ["--grpc-port", str(grpc_port), "--http-port", str(free_port())]
     command += ["--metrics-port", str(free_port())]
     env = dict(os.environ, PYTHONUNBUFFERED="1")

@@ -1,0 +1,82 @@
+"""GroupViT zero-shot segmentation post-processing, in numpy.
+
+Hugging Face's ``GroupViTModel(output_segmentation=True)`` resizes the patch-to-group
+assignment to the input pixels, then computes per-label logits as
+``(group_embeds @ text_embeds.T * s).T @ grouping * s`` (s = exp(logit_scale), applied twice,
+as there). Both steps are linear, so the logits are computed on the patch grid and resized
+afterwards: same numbers, a fraction of the work. ``bilinear_resize`` is
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def _axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    scale = np.float32(size_in / size_out)
+    src = (np.arange(size_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+    src = np.maximum(src, np.float32(0))
+    low = np.minimum(src.astype(np.int64), size_in - 1)
+    high = np.minimum(low + 1, size_in - 1)
+    frac = (src - low).astype(np.float32)
+    return low, high, frac
+
+
+def bilinear_resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize (channels, h, w) to (channels, height, width), half-pixel centres, no antialias."""
+    values = values.astype(np.float32, copy=False)
+    low, high, frac = _axis_weights(values.shape[1], height)
+    rows = values[:, low, :] * (1 - frac)[None, :, None] + values[:, high, :] * frac[None, :, None]
+    low, high, frac = _axis_weights(values.shape[2], width)
+    return np.asarray(rows[:, :, low] * (1 - frac) + rows[:, :, high] * frac, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One image's segmentation: label index per pixel, image-level scores, pixel fractions."""
+
+    label_map: np.ndarray  # (H, W) int32
+    scores: np.ndarray  # (labels,) float32, softmax over labels of the image embedding
+    fractions: np.ndarray  # (labels,) float32, share of pixels per label
+
+
+def segment_logits(
+    group_embeds: np.ndarray,
+    grouping: np.ndarray,
+    text_embeds: np.ndarray,
+    logit_scale: float,
+    model_size: tuple[int, int],
+) -> np.ndarray:
+    """Per-label logits (labels, H_model, W_model), as Hugging Face's segmentation_logits."""
+    scale = np.float32(logit_scale)
+    per_group = (group_embeds @ text_embeds.T) * scale  # (groups, labels)
+    groups, grid_h, grid_w = grouping.shape
+    on_grid = (per_group.T @ grouping.reshape(groups, -1)) * scale
+    return bilinear_resize(on_grid.reshape(-1, grid_h, grid_w), *model_size)
+
+
+def segment(
+    *,
+    image_embeds: np.ndarray,
+    group_embeds: np.ndarray,
+    grouping: np.ndarray,
+    text_embeds: np.ndarray,
+    logit_scale: float,
+    model_size: tuple[int, int],
+    image_size: tuple[int, int],
+) -> Segment:
+    """Label map at ``image_size`` (height, width) for one image and its label embeddings."""
+    logits = segment_logits(group_embeds, grouping, text_embeds, logit_scale, model_size)
+    label_map = bilinear_resize(logits, *image_size).argmax(axis=0).astype(np.int32)
+    labels = text_embeds.shape[0]
+    fractions = np.bincount(label_map.ravel(), minlength=labels) / label_map.size
+    image_logits = (text_embeds @ image_embeds) * np.float32(logit_scale)
+    exp = np.exp(image_logits - image_logits.max())
+    return Segment(
+        label_map=label_map,
+        scores=(exp / exp.sum()).astype(np.float32),
+        fractions=fractions.astype(np.float32),
+    )
