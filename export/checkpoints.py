@@ -167,3 +167,69 @@ def build_groupvit(out_dir: Path | str, *, size: Size | str = Size.TINY, seed: i
     _save_clip_preprocessing(out)
     logger.info("seeded %s GroupViT (seed %d) saved to %s", Size(size).value, seed, out)
     return out
+
+
+BLIP_BASE_HUB_IDS = {
+    "caption": "Salesforce/blip-image-captioning-base",
+    "itm": "Salesforce/blip-itm-base-coco",
+    "vqa": "Salesforce/blip-vqa-base",
+}
+
+
+def blip_tokenizer():  # -> BertTokenizerFast
+    """BLIP's tokenizer: BERT uncased WordPiece (30,522) plus [DEC] (bos) and [ENC]."""
+    from transformers import BertTokenizerFast
+
+    from vlpserve.export.samples import bert_vocab_path
+
+    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab_path()), do_lower_case=True)
+    tokenizer.add_special_tokens({"bos_token": "[DEC]"})
+    tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    tokenizer.model_max_length = 512
+    return tokenizer
+
+
+def build_blip(
+    out_dir: Path | str, *, kind: str = "caption", size: Size | str = Size.TINY, seed: int = 0
+) -> Path:
+    """Save a seeded BLIP checkpoint of ``kind`` (caption, itm, vqa) with its BlipProcessor.
+
+    ``size="base"`` is the architecture of the Salesforce BLIP base checkpoints (ViT-B/16 at
+    384 pixels, BERT-base text).
+    """
+    import torch
+    from transformers import (
+        BlipConfig,
+        BlipForConditionalGeneration,
+        BlipForImageTextRetrieval,
+        BlipForQuestionAnswering,
+        BlipImageProcessor,
+        BlipProcessor,
+    )
+
+    classes = {
+        "caption": BlipForConditionalGeneration,
+        "itm": BlipForImageTextRetrieval,
+        "vqa": BlipForQuestionAnswering,
+    }
+    if kind not in classes:
+        raise ValueError(f"kind must be one of {sorted(classes)}, got {kind!r}")
+    out = Path(out_dir)
+    text: dict[str, object] = {"vocab_size": 30524}
+    vision: dict[str, object] = {"image_size": 384, "patch_size": 16}
+    extra: dict[str, int] = {}
+    if Size(size) is Size.TINY:
+        small = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2}
+        small |= {"num_attention_heads": 2}
+        text |= small | {"encoder_hidden_size": 32}
+        vision |= small
+        extra = {"image_text_hidden_size": 16}
+    config = BlipConfig(text_config=text, vision_config=vision, **extra)
+    torch.manual_seed(seed)
+    classes[kind](config).eval().save_pretrained(out)
+    processor = BlipProcessor(
+        BlipImageProcessor(size={"height": 384, "width": 384}), blip_tokenizer()
+    )
+    processor.save_pretrained(out)
+    logger.info("seeded %s BLIP %s (seed %d) saved to %s", Size(size).value, kind, seed, out)
+    return out

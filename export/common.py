@@ -47,6 +47,7 @@ class ExportOptions:
     precision: Precision = Precision.FP32
     optimize: bool = True
     keep_plain: bool = False
+    ids_dtype: str = "int64"  # token id inputs of text graphs: "int64" or "int32"
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -55,6 +56,8 @@ class ExportOptions:
             raise ConfigError(f"opset must be between 14 and 21, got {self.opset}")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "precision", Precision(self.precision))
+        if self.ids_dtype not in ("int64", "int32"):
+            raise ConfigError(f"ids_dtype must be int64 or int32, got {self.ids_dtype!r}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -237,7 +240,8 @@ def check_parity(
         with _wrap(f"running {spec.name} on '{case}'"):
             got = session.run(list(spec.output_names), feeds)
         with torch.no_grad():
-            ref = spec.module(**{k: torch.from_numpy(v) for k, v in feeds.items()})
+            # Positionally, in example_inputs order: forward() may take *past tensors.
+            ref = spec.module(*[torch.from_numpy(feeds[name]) for name in spec.example_inputs])
         refs = ref if isinstance(ref, tuple) else (ref,)
         worst = {"cosine_min": 1.0, "max_abs_diff": 0.0}
         for out_got, out_ref in zip(got, refs, strict=True):

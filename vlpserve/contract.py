@@ -38,6 +38,36 @@ LABEL_MAP = "label_map"
 SCORES = "scores"
 FRACTIONS = "fractions"
 
+# BLIP graphs.
+LOGITS = "logits"
+POSITION_IDS = "position_ids"
+ENCODER_HIDDEN_STATES = "encoder_hidden_states"
+ENCODER_ATTENTION_MASK = "encoder_attention_mask"
+IMAGE_FEAT = "image_feat"
+TEXT_FEAT = "text_feat"
+ITM_LOGITS = "itm_logits"
+QUESTION_EMBEDS = "question_embeds"
+
+
+class BlipKind(str, Enum):
+    """The three BLIP checkpoint kinds."""
+
+    CAPTION = "caption"
+    ITM = "itm"
+    VQA = "vqa"
+
+
+def cache_names(layers: int) -> tuple[list[str], list[str]]:
+    """Decoder cache tensor names: self-attention (past.i.key/value), cross (cross.i.key/value).
+
+    The first decoder step outputs ``present.i.*`` and ``cross.i.*``; the step graph takes
+    ``past.i.*`` and ``cross.i.*`` and outputs ``present.i.*``.
+    """
+    own = [f"past.{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    cross = [f"cross.{i}.{part}" for i in range(layers) for part in ("key", "value")]
+    return own, cross
+
+
 # Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
 PARAM_LOGIT_SCALE = "logit_scale"
 
