@@ -1,13 +1,13 @@
 """BLIP: captioning, image-text matching (ITM/ITC) and VQA graphs, this project's own.
 
 No stock exporter covers BLIP. The text decoder is exported as two graphs that share the
-cache layout (Hugging Face's BLIP decoder ignores an encoder attention mask, so the graphs take
-none: rows are batched only with rows whose encoder states have the same length): ``decoder_first`` consumes the prompt and the encoder states (image embeddings
+cache layout. ``decoder_first`` consumes the prompt and the encoder states (image embeddings
 for captioning, question embeddings for VQA) and returns the self- and cross-attention
 keys/values; ``decoder_step`` takes one token per row with explicit ``position_ids``, the
 self-attention mask over the cache and the cached keys/values, and returns the grown
 self-attention cache. Explicit positions and masks let the server decode rows of different
-lengths in one batch.
+lengths in one batch. Hugging Face's BLIP decoder ignores an encoder attention mask, so the
+graphs take none: rows are batched only with rows whose encoder states have the same length.
 """
 
 from __future__ import annotations
@@ -200,7 +200,6 @@ def _decoder_specs(
     wrappers = _wrappers()
     cfg = decoder.config
     layers = int(cfg.num_hidden_layers)
-    ids_type = getattr(torch, ids_dtype)
     batch, seq = prompt.shape
     first = wrappers["decoder_first"](decoder).eval()
     first_feeds = {
