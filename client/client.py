@@ -12,7 +12,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -21,12 +21,15 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from vlpserve.client import blip
 from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
 from vlpserve.client.segmentation import Segmentation
 from vlpserve.contract import (
     FRACTIONS,
     IMAGE,
     IMAGE_EMBEDS,
+    ITC_SCORE,
+    ITM_SCORE,
     LABEL_MAP,
     LABELS,
     PARAM_LOGIT_SCALE,
@@ -72,6 +75,14 @@ def translate_error(exc: InferenceServerException, model: str, offset: int = 0) 
     return ClientError(text)
 
 
+def _bytes_input(name: str, items: list[bytes]) -> grpcclient.InferInput:
+    """A BYTES input of shape (items, 1)."""
+    array = np.array(items, dtype=object).reshape(-1, 1)
+    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
+    tensor.set_data_from_numpy(array)
+    return tensor
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     exp = np.exp(shifted)
@@ -83,7 +94,8 @@ class Client:
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
-        family: model family to call (``"clip"``, ``"groupvit"``).
+        family: family of embed_texts / embed_images / classify / segment (``"clip"``,
+            ``"groupvit"``); BLIP's caption, stream_caption, answer and match need none.
         timeout_s: deadline of each call, split requests included.
         retries: how often an UNAVAILABLE answer is retried before ServerUnavailable.
         retry_backoff_s: first wait between retries; it doubles each time.
@@ -105,7 +117,11 @@ class Client:
         if retries < 0 or max_concurrency < 1:
             raise ValueError("retries must be >= 0 and max_concurrency >= 1")
         self.url = url
-        self.models: EmbeddingModels = embedding_models(family)
+        family = Family(family)
+        # BLIP calls (caption, answer, match) name their models themselves.
+        self.models: EmbeddingModels = embedding_models(
+            Family.CLIP if family is Family.BLIP else family
+        )
         self.timeout_s = timeout_s
         self.retries = retries
         self.retry_backoff_s = retry_backoff_s
@@ -164,9 +180,7 @@ class Client:
         deadline = time.monotonic() + self.timeout_s
 
         def one(start: int) -> np.ndarray:
-            chunk = np.array(items[start : start + size], dtype=object).reshape(-1, 1)
-            tensor = grpcclient.InferInput(name, list(chunk.shape), "BYTES")
-            tensor.set_data_from_numpy(chunk)
+            tensor = _bytes_input(name, items[start : start + size])
 
             def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
                 result = client.infer(
@@ -283,6 +297,132 @@ class Client:
     @property
     def family(self) -> str:
         return self.models.family.value
+
+    # -- BLIP ---------------------------------------------------------------------------------
+
+    def caption(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        repetition_penalty: float = 1.0,
+    ) -> list[str]:
+        """BLIP captions, one per image, generated server-side (greedy or beam search).
+
+        With a ``prompt`` ("a picture of"), captions continue it and start with it, as
+        Hugging Face's BLIP returns them. All images go out together and are decoded in one
+        batch on the server.
+        """
+        blip.check_generation(max_new_tokens, num_beams, repetition_penalty)
+        return blip.generate_many(
+            self.url,
+            blip.CAPTION,
+            [
+                blip.generation_inputs(
+                    data,
+                    text_name=blip.PROMPT,
+                    text=prompt,
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    repetition_penalty=repetition_penalty,
+                    stream=False,
+                )
+                for data in images_to_bytes(images)
+            ],
+            timeout_s=self.timeout_s,
+        )
+
+    def stream_caption(
+        self,
+        image: ImageInput,
+        *,
+        prompt: str | None = None,
+        max_new_tokens: int = 30,
+        repetition_penalty: float = 1.0,
+    ) -> Iterator[str]:
+        """Yield a caption's text pieces as the server generates them (greedy decoding).
+
+        The pieces join into the caption ``caption([image], ...)`` returns. Stopping early
+        (``break``, or closing the iterator) cancels the request on the server.
+        """
+        blip.check_generation(max_new_tokens, 1, repetition_penalty)
+        inputs = blip.generation_inputs(
+            image_to_bytes(image, 0),
+            text_name=blip.PROMPT,
+            text=prompt,
+            max_new_tokens=max_new_tokens,
+            num_beams=1,
+            repetition_penalty=repetition_penalty,
+            stream=True,
+        )
+        return blip.stream_one(self.url, blip.CAPTION, inputs, timeout_s=self.timeout_s)
+
+    def answer(
+        self,
+        images: Sequence[ImageInput],
+        questions: Sequence[str],
+        *,
+        max_new_tokens: int = 10,
+        num_beams: int = 1,
+    ) -> list[str]:
+        """BLIP VQA: one answer per (image, question) pair."""
+        blip.check_generation(max_new_tokens, num_beams, 1.0)
+        data = images_to_bytes(images)
+        texts = texts_to_bytes(questions, "questions")
+        if len(data) != len(texts):
+            raise InvalidInput(f"{len(data)} images but {len(texts)} questions: give pairs")
+        return blip.generate_many(
+            self.url,
+            blip.VQA,
+            [
+                blip.generation_inputs(
+                    image,
+                    text_name=blip.QUESTION,
+                    text=question.decode("utf-8"),
+                    max_new_tokens=max_new_tokens,
+                    num_beams=num_beams,
+                    repetition_penalty=1.0,
+                    stream=False,
+                )
+                for image, question in zip(data, texts, strict=True)
+            ],
+            timeout_s=self.timeout_s,
+        )
+
+    def match(
+        self, images: Sequence[ImageInput], texts: Sequence[str], *, head: str = "itm"
+    ) -> np.ndarray:
+        """BLIP image-text matching of (image, text) pairs.
+
+        Args:
+            head: ``"itm"`` for the match probability of the ITM head (re-ranking),
+                ``"itc"`` for the cosine of the contrastive features (retrieval).
+        """
+        if head not in ("itm", "itc"):
+            raise InvalidInput(f"head must be 'itm' or 'itc', got {head!r}")
+        data = images_to_bytes(images)
+        encoded = texts_to_bytes(texts)
+        if len(data) != len(encoded):
+            raise InvalidInput(f"{len(data)} images but {len(encoded)} texts: give pairs")
+        size = self.max_batch_size(blip.ITM)
+        output = ITM_SCORE if head == "itm" else ITC_SCORE
+        deadline = time.monotonic() + self.timeout_s
+
+        def one(start: int) -> np.ndarray:
+            pairs = [
+                _bytes_input(IMAGE, data[start : start + size]),
+                _bytes_input(TEXT, encoded[start : start + size]),
+            ]
+
+            def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
+                result = client.infer(blip.ITM, pairs, client_timeout=timeout)
+                return np.asarray(result.as_numpy(output)).reshape(-1)
+
+            return self._call(blip.ITM, infer, offset=start, deadline=deadline)
+
+        return np.concatenate(list(self._pool.map(one, range(0, len(data), size))))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

@@ -21,11 +21,13 @@ from vlpserve.contract import (
     LABELS,
     PARAM_LOGIT_SCALE,
     PIXEL_VALUES,
+    QUESTION,
     SCORES,
     TEXT,
     EmbeddingModels,
     Family,
     ModelContract,
+    blip_models,
     embedding_models,
 )
 from vlpserve.errors import ConfigError, RepositoryError
@@ -81,13 +83,17 @@ class RepositoryOptions:
             raise ConfigError(f"max_labels must be in 1..1024, got {self.max_labels}")
 
 
-def tensor_configs(described: list[dict[str, Any]]) -> tuple[TensorConfig, ...]:
-    """TensorConfigs from graph_io() entries: the batch axis dropped, symbolic dims as -1."""
+def tensor_configs(
+    described: list[dict[str, Any]], *, batched: bool = True
+) -> tuple[TensorConfig, ...]:
+    """TensorConfigs from graph_io() entries: symbolic dims as -1, and the batch axis dropped
+    when Triton batches the model (max_batch_size > 0)."""
+    start = 1 if batched else 0
     return tuple(
         TensorConfig(
             name=t["name"],
             dtype=t["dtype"],
-            dims=tuple(d if isinstance(d, int) and d > 0 else -1 for d in t["shape"][1:]),
+            dims=tuple(d if isinstance(d, int) and d > 0 else -1 for d in t["shape"][start:]),
         )
         for t in described
     )
@@ -294,6 +300,93 @@ class _Builder:
         return configs
 
 
+class _BlipBuilder:
+    """Renders one BLIP export (captioning, ITM or VQA) into a repository."""
+
+    def __init__(self, options: RepositoryOptions, report: dict[str, Any]) -> None:
+        self.options = options
+        self.report = report
+        self.models = blip_models(report["kind"])
+
+    def graph_model(self, graph: str) -> ModelConfig:
+        """A tensor-level model serving one graph (decoder graphs unbatched: their cache
+        tensors carry the batch themselves)."""
+        src = self.options.export_dir / graph / GRAPH_FILE
+        if not src.is_file():
+            raise RepositoryError(f"{src} is missing: export the checkpoint first")
+        inputs, outputs = graph_io(src)
+        batched = not graph.startswith("decoder")
+        name = self.models.graph(graph)
+        version_dir = _fresh_model_dir(self.options.out, name)
+        _link_or_copy(src, version_dir / GRAPH_FILE)
+        python = self.options.runtime is Runtime.PYTHON
+        if python:
+            (version_dir / "model.py").write_text(
+                SHIM.format(module=f"{RUNTIME_MODULE}.onnx_model")
+            )
+        return ModelConfig(
+            name=name,
+            backend="python" if python else "onnxruntime",
+            max_batch_size=self.options.max_batch_size if batched else 0,
+            inputs=tensor_configs(inputs, batched=batched),
+            outputs=tensor_configs(outputs, batched=batched),
+            batching=Batching(max_queue_delay_us=self.options.max_queue_delay_us)
+            if batched
+            else None,
+            instances=self.options.encoder_instances,
+            device=self.options.device or Device.CPU,
+        )
+
+    def raw_model(self) -> ModelConfig:
+        contract = self.models.raw
+        version_dir = _fresh_model_dir(self.options.out, contract.name)
+        for graph in self.models.graphs:
+            _link_or_copy(
+                self.options.export_dir / graph / GRAPH_FILE, version_dir / f"{graph}.onnx"
+            )
+        shutil.copytree(
+            self.options.export_dir / self.report["tokenizer"], version_dir / "tokenizer"
+        )
+        src = self.options.export_dir / self.report["preprocessor"] / "preprocessor_config.json"
+        shutil.copy2(src, version_dir / src.name)
+        generation = self.report["kind"] != "itm"
+        module = "blip_generate_model" if generation else "blip_itm_model"
+        (version_dir / "model.py").write_text(SHIM.format(module=f"{RUNTIME_MODULE}.{module}"))
+        dims = {t.name: (1,) for t in contract.inputs}
+        parameters = {
+            "kind": self.report["kind"],
+            "bos_token_id": str(self.report["bos_token_id"]),
+            "sep_token_id": str(self.report["sep_token_id"]),
+            "max_text_length": str(self.report["max_text_length"]),
+            "vision_model": self.models.graph("vision_encoder"),
+        }
+        required = {IMAGE, QUESTION} if self.report["kind"] == "vqa" else {IMAGE}
+        optional = {t.name for t in contract.inputs} - required if generation else set()
+        return ModelConfig(
+            name=contract.name,
+            backend="python",
+            max_batch_size=0 if generation else self.options.max_batch_size,
+            inputs=tuple(
+                TensorConfig(
+                    name=t.name, dtype=t.dtype, dims=dims[t.name], optional=t.name in optional
+                )
+                for t in contract.inputs
+            ),
+            outputs=tuple(
+                TensorConfig(name=t.name, dtype=t.dtype, dims=(1,)) for t in contract.outputs
+            ),
+            batching=None
+            if generation
+            else Batching(max_queue_delay_us=self.options.max_queue_delay_us),
+            instances=1,
+            parameters=parameters,
+            decoupled=generation,
+        )
+
+    def build(self) -> list[ModelConfig]:
+        return [self.graph_model(g) for g in self.models.graphs] + [self.raw_model()]
+
+
 def build_repository(options: RepositoryOptions) -> list[str]:
     """Write a model repository for the export in ``options.export_dir``.
 
@@ -302,7 +395,10 @@ def build_repository(options: RepositoryOptions) -> list[str]:
     """
     report = read_report(options.export_dir)
     options.out.mkdir(parents=True, exist_ok=True)
-    configs = _Builder(options, report).build()
+    if report["family"] == Family.BLIP.value:
+        configs = _BlipBuilder(options, report).build()
+    else:
+        configs = _Builder(options, report).build()
     for config in configs:
         write_config(config, options.out)
     logger.info("repository for %s written to %s", report["family"], options.out)

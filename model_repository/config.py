@@ -41,6 +41,7 @@ class TensorConfig:
     name: str
     dtype: str
     dims: tuple[int, ...]
+    optional: bool = False
 
     def __post_init__(self) -> None:
         from_numpy(self.dtype)  # raises ConfigError for an unknown type
@@ -93,6 +94,7 @@ class ModelConfig:
     parameters: Mapping[str, str] = field(default_factory=dict)
     steps: tuple[EnsembleStep, ...] = ()
     gpu_accelerators: tuple[Accelerator, ...] = ()
+    decoupled: bool = False  # responses sent from the model (streaming), not returned
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 0:
@@ -113,6 +115,8 @@ class ModelConfig:
                 item.name = tensor.name
                 item.data_type = pb.DataType.Value(from_numpy(tensor.dtype).config)
                 item.dims.extend(tensor.dims)
+                if tensor.optional:
+                    item.optional = True
         for key, value in self.parameters.items():
             msg.parameters[key].string_value = value
         if self.steps:
@@ -123,6 +127,8 @@ class ModelConfig:
                 item.output_map.update(step.output_map)
             return msg
         msg.backend = self.backend or ""
+        if self.decoupled:
+            msg.model_transaction_policy.decoupled = True
         kind = (
             pb.ModelInstanceGroup.KIND_GPU
             if self.device is Device.GPU

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from vlpserve.contract import Family, ModelContract, embedding_models
+from vlpserve.contract import (
+    BLIP_GRAPHS,
+    DUAL_ENCODERS,
+    Family,
+    ModelContract,
+    blip_models,
+    embedding_models,
+)
 from vlpserve.errors import RepositoryError
 from vlpserve.export.common import GRAPH_FILE, graph_io
 from vlpserve.model_repository.config import CONFIG_FILE, numpy_dtype, read_config
@@ -80,7 +87,21 @@ def validate_repository(repo: Path | str) -> ValidationReport:
     report.models = sorted(configs)
     if not configs:
         report.problems.append(f"{repo} holds no model (no */{CONFIG_FILE})")
-    for family in Family:
+    for kind in BLIP_GRAPHS:
+        blip = blip_models(kind)
+        names = [blip.raw.name, *(blip.graph(g) for g in blip.graphs)]
+        if not any(name in configs for name in names):
+            continue
+        if Family.BLIP.value not in report.families:
+            report.families.append(Family.BLIP.value)
+        for name in names:
+            if name not in configs:
+                report.problems.append(f"blip {kind}: model {name} is missing")
+            elif name == blip.raw.name:
+                _check_contract(configs[name], blip.raw, report.problems)
+            else:
+                _check_graph(configs[name], repo / name, report.problems)
+    for family in DUAL_ENCODERS:
         contracts = embedding_models(family).all()
         present = [c for c in contracts if c.name in configs]
         if not present:
@@ -108,6 +129,7 @@ def validate_repository(repo: Path | str) -> ValidationReport:
                 report.problems.append(
                     f"{config.name}: step {step.model_name} maps tensors it does not have"
                 )
+    report.families.sort()
     if report.problems:
         raise RepositoryError(
             f"{repo}: {len(report.problems)} problem(s):\n  " + "\n  ".join(report.problems)

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from vlpserve.export import ExportOptions, export_clip, export_groupvit
-from vlpserve.export.checkpoints import build_clip, build_groupvit
+from vlpserve.export import ExportOptions, export_blip, export_clip, export_groupvit
+from vlpserve.export.checkpoints import build_blip, build_clip, build_groupvit
 from vlpserve.model_repository import (
     RepositoryOptions,
     Runtime,
@@ -66,6 +66,30 @@ def groupvit_export(groupvit_checkpoint: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
+BLIP_KINDS = ("caption", "itm", "vqa")
+
+
+@pytest.fixture(scope="session")
+def blip_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny seeded BLIP checkpoints (captioning, ITM, VQA) with BLIP's real tokenizer."""
+    return {
+        kind: build_blip(tmp_path_factory.mktemp(f"blip-{kind}"), kind=kind, seed=0)
+        for kind in BLIP_KINDS
+    }
+
+
+@pytest.fixture(scope="session")
+def blip_exports(
+    blip_checkpoints: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    exports = {}
+    for kind, checkpoint in blip_checkpoints.items():
+        out = tmp_path_factory.mktemp(f"blip-{kind}-export")
+        export_blip(ExportOptions(model=str(checkpoint), out=out))
+        exports[kind] = out
+    return exports
+
+
 def _repo(exports: list[Path], out: Path, runtime: Runtime) -> Path:
     """One repository holding every family's models (their names do not collide)."""
     for export_dir in exports:
@@ -84,19 +108,27 @@ def _repo(exports: list[Path], out: Path, runtime: Runtime) -> Path:
 
 @pytest.fixture(scope="session")
 def python_repo(
-    clip_export: Path, groupvit_export: Path, tmp_path_factory: pytest.TempPathFactory
+    clip_export: Path,
+    groupvit_export: Path,
+    blip_exports: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    """The python-runtime repository: CLIP and GroupViT models."""
+    """The python-runtime repository: CLIP, GroupViT and the three BLIP kinds."""
     out = tmp_path_factory.mktemp("repo-python")
-    return _repo([clip_export, groupvit_export], out, Runtime.PYTHON)
+    exports = [clip_export, groupvit_export, *blip_exports.values()]
+    return _repo(exports, out, Runtime.PYTHON)
 
 
 @pytest.fixture(scope="session")
 def onnxruntime_repo(
-    clip_export: Path, groupvit_export: Path, tmp_path_factory: pytest.TempPathFactory
+    clip_export: Path,
+    groupvit_export: Path,
+    blip_exports: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     out = tmp_path_factory.mktemp("repo-ort")
-    return _repo([clip_export, groupvit_export], out, Runtime.ONNXRUNTIME)
+    exports = [clip_export, groupvit_export, *blip_exports.values()]
+    return _repo(exports, out, Runtime.ONNXRUNTIME)
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from vlpserve import __version__
 from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
-EXPORTABLE = (Family.CLIP, Family.GROUPVIT)
+EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
 
 
 class _Progress:
@@ -63,6 +63,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         optimize=not args.no_optimize,
         keep_plain=args.keep_plain,
+        ids_dtype=args.ids_dtype,
     )
     bar, step = _progress(f"export {args.family}")
     try:
@@ -156,6 +157,9 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
     export.add_argument("--keep-plain", action="store_true", help="keep the unfused graph too")
     export.add_argument("--no-optimize", action="store_true", help="skip ORT fusions")
+    export.add_argument(
+        "--ids-dtype", choices=["int64", "int32"], default="int64", help="BLIP token id inputs"
+    )
     export.set_defaults(func=cmd_export)
 
     repo = sub.add_parser("repo", help="build or validate a Triton model repository")

@@ -21,6 +21,7 @@ class Family(str, Enum):
 
     CLIP = "clip"
     GROUPVIT = "groupvit"
+    BLIP = "blip"
 
 
 # Tensor names shared by every family.
@@ -171,6 +172,78 @@ class EmbeddingModels:
         return models + ((self.segment,) if self.family is Family.GROUPVIT else ())
 
 
+DUAL_ENCODERS = (Family.CLIP, Family.GROUPVIT)
+
+
 def embedding_models(family: Family | str) -> EmbeddingModels:
     """Contract of a dual-encoder family by name (``"clip"``, ``"groupvit"``)."""
-    return EmbeddingModels(Family(family))
+    family = Family(family)
+    if family not in DUAL_ENCODERS:
+        raise ValueError(f"{family.value} is not a dual-encoder family")
+    return EmbeddingModels(family)
+
+
+# BLIP raw-level tensors.
+PROMPT = "PROMPT"
+QUESTION = "QUESTION"
+MAX_NEW_TOKENS = "MAX_NEW_TOKENS"
+NUM_BEAMS = "NUM_BEAMS"
+REPETITION_PENALTY = "REPETITION_PENALTY"
+STREAM = "STREAM"
+ITM_SCORE = "ITM_SCORE"
+ITC_SCORE = "ITC_SCORE"
+
+# Stream (decoupled) errors reach gRPC clients as text without a status code: the server
+# starts invalid-input messages with this, after "[request id: <id>] ".
+STREAM_INVALID_INPUT = "invalid input: "
+
+BLIP_GRAPHS: dict[str, tuple[str, ...]] = {
+    "caption": ("vision_encoder", "decoder_first", "decoder_step"),
+    "itm": ("vision_encoder", "itm_head", "text_feat"),
+    "vqa": ("vision_encoder", "question_encoder", "decoder_first", "decoder_step"),
+}
+
+
+@dataclass(frozen=True)
+class BlipModels:
+    """The models of one BLIP checkpoint kind: its graphs and one raw-level model."""
+
+    kind: str
+
+    def graph(self, name: str) -> str:
+        """Tensor-level model name of a graph, e.g. ``blip_caption_decoder_step``."""
+        return f"blip_{self.kind}_{name}"
+
+    @property
+    def graphs(self) -> tuple[str, ...]:
+        return BLIP_GRAPHS[self.kind]
+
+    @property
+    def raw(self) -> ModelContract:
+        name = f"blip_{self.kind}"
+        if self.kind == "itm":
+            return ModelContract(
+                name,
+                (Tensor(IMAGE, "object"), Tensor(TEXT, "object")),
+                (Tensor(ITM_SCORE, "float32"), Tensor(ITC_SCORE, "float32")),
+            )
+        text = PROMPT if self.kind == "caption" else QUESTION
+        return ModelContract(
+            name,
+            (
+                Tensor(IMAGE, "object"),
+                Tensor(text, "object"),
+                Tensor(MAX_NEW_TOKENS, "int32"),
+                Tensor(NUM_BEAMS, "int32"),
+                Tensor(REPETITION_PENALTY, "float32"),
+                Tensor(STREAM, "bool"),
+            ),
+            (Tensor(TEXT, "object"),),
+        )
+
+
+def blip_models(kind: str) -> BlipModels:
+    """Contract of a BLIP checkpoint kind (``"caption"``, ``"itm"``, ``"vqa"``)."""
+    if kind not in BLIP_GRAPHS:
+        raise ValueError(f"BLIP kind must be one of {sorted(BLIP_GRAPHS)}, got {kind!r}")
+    return BlipModels(kind)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as pb
 
-from vlpserve.contract import embedding_models
+from vlpserve.contract import blip_models, embedding_models
 from vlpserve.errors import ConfigError, RepositoryError
 from vlpserve.model_repository import validate_repository
 from vlpserve.model_repository.config import (
@@ -58,8 +58,11 @@ def test_invalid_configs_rejected() -> None:
 def test_repository_validates(fixture: str, request: pytest.FixtureRequest) -> None:
     repo: Path = request.getfixturevalue(fixture)
     report = validate_repository(repo)
-    assert report.ok and report.families == ["clip", "groupvit"]
+    assert report.ok and report.families == ["blip", "clip", "groupvit"]
     expected = [m.name for m in CLIP.all()] + [m.name for m in GROUPVIT.all()]
+    for kind in ("caption", "itm", "vqa"):
+        blip = blip_models(kind)
+        expected += [blip.raw.name, *(blip.graph(g) for g in blip.graphs)]
     assert report.models == sorted(expected)
 
 

@@ -1,0 +1,97 @@
+"""Pieces shared by the BLIP Python-backend models: graphs, tokenizer, image decoding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
+from vlpserve.model_repository.runtime.text import decode_texts
+
+
+def session(path: Path, *, on_gpu: bool = False, threads: int = 0) -> Any:
+    """An ONNX Runtime session (CUDA first when the instance is on a GPU and ORT has it)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    providers: list[Any] = ["CPUExecutionProvider"]
+    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), options, providers=providers)
+
+
+def feeds_for(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds a graph takes, token ids cast to the graph's id type (int64 or int32)."""
+    out = {}
+    for spec in graph.get_inputs():
+        value = feeds[spec.name]
+        if spec.name == "input_ids" and "int32" in spec.type:
+            value = value.astype(np.int32)
+        out[spec.name] = value
+    return out
+
+
+def providers(on_gpu: bool) -> list[Any]:
+    import onnxruntime as ort
+
+    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class BlipText:
+    """BLIP's BERT WordPiece tokenizer (tokenizer.json), for prompts, questions and output."""
+
+    def __init__(self, folder: Path) -> None:
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+
+    def encode(self, text: str) -> list[int]:
+        """Ids with [CLS] ... [SEP], as BlipProcessor's tokenizer gives them."""
+        return list(self.tokenizer.encode(text).ids)
+
+    def batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Ids and attention masks, padded (id 0) to the longest text."""
+        encoded = [self.encode(text) for text in texts]
+        length = max(len(ids) for ids in encoded)
+        ids = np.zeros((len(texts), length), dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.int64)
+        for row, row_ids in enumerate(encoded):
+            ids[row, : len(row_ids)] = row_ids
+            mask[row, : len(row_ids)] = 1
+        return ids, mask
+
+    def decode(self, ids: list[int]) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=True))
+
+
+def load_images(folder: Path) -> ImagePreprocessing:
+    return ImagePreprocessing.from_file(
+        folder / "preprocessor_config.json", min_side=MIN_IMAGE_SIDE
+    )
+
+
+def one_text(array: np.ndarray | None, name: str, default: str | None = None) -> str | None:
+    """The single UTF-8 text of an optional BYTES input, with errors naming the input."""
+    if array is None or array.size == 0:
+        return default
+    if array.size != 1:
+        raise ValueError(f"{name}: send one text per request, got {array.size}")
+    try:
+        return decode_texts(array.reshape(-1).tolist())[0]
+    except InputItemError as exc:
+        raise ValueError(f"{name} {exc}") from exc
+
+
+def one_number(array: np.ndarray | None, name: str, default: float) -> float:
+    if array is None or array.size == 0:
+        return default
+    if array.size != 1:
+        raise ValueError(f"{name}: send one value, got {array.size}")
+    return float(array.reshape(-1)[0])

@@ -1,0 +1,154 @@
+"""BLIP served end to end: captions, streaming, VQA and ITM equal Hugging Face's."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpserve.client import Client, InvalidInput
+
+
+@pytest.fixture(scope="module")
+def client(triton):
+    with Client(triton.grpc_url, family="blip", timeout_s=120) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def hf(blip_checkpoints):
+    import transformers
+
+    classes = {
+        "caption": "BlipForConditionalGeneration",
+        "itm": "BlipForImageTextRetrieval",
+        "vqa": "BlipForQuestionAnswering",
+    }
+    processor = transformers.BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    models = {
+        kind: getattr(transformers, name).from_pretrained(blip_checkpoints[kind]).eval()
+        for kind, name in classes.items()
+    }
+    return models, processor
+
+
+def _images(photos) -> list[Image.Image]:
+    return [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "beams", "penalty"),
+    [(None, 1, 1.0), ("a picture of", 1, 1.0), (None, 3, 1.0), ("a picture of", 3, 1.4)],
+)
+def test_captions_equal_hugging_face(client, hf, photos, prompt, beams, penalty) -> None:
+    import torch
+
+    models, processor = hf
+    served = client.caption(
+        list(photos.values()),
+        prompt=prompt,
+        max_new_tokens=12,
+        num_beams=beams,
+        repetition_penalty=penalty,
+    )
+    for image, caption in zip(_images(photos), served, strict=True):
+        inputs = processor(images=image, text=prompt, return_tensors="pt")
+        with torch.no_grad():
+            ids = models["caption"].generate(
+                **inputs, max_new_tokens=12, num_beams=beams, repetition_penalty=penalty
+            )
+        assert caption == processor.decode(ids[0], skip_special_tokens=True)
+        if prompt:
+            assert caption.startswith(prompt)
+
+
+def test_stream_pieces_join_into_the_caption(client, photos) -> None:
+    photo = photos["astronaut.png"]
+    pieces = list(client.stream_caption(photo, prompt="a picture of", max_new_tokens=10))
+    assert len(pieces) > 1
+    assert pieces[0].startswith("a picture of")
+    assert "".join(pieces) == client.caption([photo], prompt="a picture of", max_new_tokens=10)[0]
+
+
+def test_cancelled_stream_frees_the_server(client, photos) -> None:
+    stream = client.stream_caption(photos["rocket.jpg"], max_new_tokens=256)
+    first = next(stream)
+    stream.close()  # cancels the request on the server
+    assert first
+    started = time.monotonic()
+    assert client.caption([photos["coffee.png"]], max_new_tokens=5)[0]
+    assert time.monotonic() - started < 30
+
+
+def test_answers_equal_hugging_face(client, hf, photos) -> None:
+    import torch
+
+    models, processor = hf
+    questions = ["what is this?", "how many cats are there?", "where is it?", "is it red?"]
+    served = client.answer(list(photos.values()), questions, max_new_tokens=6)
+    for image, question, answer in zip(_images(photos), questions, served, strict=True):
+        inputs = processor(images=image, text=question, return_tensors="pt")
+        with torch.no_grad():
+            ids = models["vqa"].generate(**inputs, max_new_tokens=6)
+        assert answer == processor.decode(ids[0], skip_special_tokens=True)
+
+
+def test_match_equals_hugging_face(client, hf, photos) -> None:
+    import torch
+
+    models, processor = hf
+    images = _images(photos)
+    texts = ["a cat", "a cup of coffee on a table", "an astronaut", "a rocket launch"]
+    itm = client.match(list(photos.values()), texts)
+    itc = client.match(list(photos.values()), texts, head="itc")
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        logits = models["itm"](**inputs, use_itm_head=True).itm_score
+        cosine = models["itm"](**inputs, use_itm_head=False).itm_score
+    np.testing.assert_allclose(itm, logits.softmax(dim=1)[:, 1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(itc, np.diag(cosine.numpy()), atol=1e-4)
+
+
+def test_bad_generation_requests(client, photos) -> None:
+    good = photos["chelsea.png"]
+    with pytest.raises(InvalidInput, match="IMAGE item 1: cannot decode"):
+        client.caption([good, b"not an image"], max_new_tokens=3)
+    with pytest.raises(InvalidInput, match=r"MAX_NEW_TOKENS must be in 1\.\.256, got 1000"):
+        client.caption([good], max_new_tokens=1000)
+    with pytest.raises(InvalidInput, match=r"NUM_BEAMS must be in 1\.\.8, got 20"):
+        client.caption([good], num_beams=20)
+    with pytest.raises(InvalidInput, match="PROMPT is 601 tokens"):
+        client.caption([good], prompt="word " * 600)
+    with pytest.raises(InvalidInput, match="max_new_tokens"):
+        client.caption([good], max_new_tokens=0)  # checked before sending
+    with pytest.raises(InvalidInput, match="2 images but 1 questions"):
+        client.answer([good, good], ["why?"])
+    with pytest.raises(InvalidInput, match="QUESTION is missing or empty"):
+        client.answer([good], [""])
+    with pytest.raises(TypeError, match="bare str"):
+        client.match([good], "a cat")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInput, match="TEXT item 0: text is not valid UTF-8"):
+        _raw_itm(client.url, good, b"\xff")
+    # The server keeps serving.
+    assert client.caption([good], max_new_tokens=3)[0]
+
+
+def _raw_itm(url: str, image: bytes, text: bytes) -> None:
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    raw = grpcclient.InferenceServerClient(url)
+    inputs = []
+    for name, value in (("IMAGE", image), ("TEXT", text)):
+        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value]], dtype=object))
+        inputs.append(tensor)
+    try:
+        raw.infer("blip_itm", inputs)
+    except InferenceServerException as exc:
+        from vlpserve.client.client import translate_error
+
+        raise translate_error(exc, "blip_itm") from exc

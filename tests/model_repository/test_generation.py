@@ -1,0 +1,134 @@
+"""The generation engine against Hugging Face's generate, in process: exact tokens, batching,
+cancellation."""
+
+from __future__ import annotations
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vlpserve.model_repository.runtime.generation import (
+    DecoderGraphs,
+    Engine,
+    GenerationParams,
+    Job,
+)
+
+SETTINGS = [
+    (None, 1, 1.0),
+    ("a picture of", 1, 1.0),
+    ("a photography of a big", 3, 1.0),
+    (None, 3, 1.0),
+    ("a picture of", 1, 1.5),
+    (None, 2, 1.3),
+]
+
+
+@pytest.fixture(scope="module")
+def caption_model(blip_checkpoints):
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    path = blip_checkpoints["caption"]
+    return BlipForConditionalGeneration.from_pretrained(path).eval(), BlipProcessor.from_pretrained(
+        path
+    )
+
+
+def _graphs(export: Path) -> DecoderGraphs:
+    return DecoderGraphs(
+        export / "decoder_first" / "model.onnx", export / "decoder_step" / "model.onnx"
+    )
+
+
+def _job(model, processor, image, prompt, beams, penalty, max_new_tokens=12, **callbacks):
+    import torch
+
+    inputs = processor(images=image, text=prompt, return_tensors="pt")
+    with torch.no_grad():
+        states = model.vision_model(pixel_values=inputs["pixel_values"]).last_hidden_state[0]
+    ids = inputs["input_ids"][0].tolist() if prompt else [0, 0]
+    ids = [30522, *ids[1:-1]]
+    params = GenerationParams(
+        max_new_tokens=max_new_tokens, num_beams=beams, repetition_penalty=penalty
+    )
+    return Job(prompt=ids, states=states.numpy(), params=params, **callbacks), inputs
+
+
+def test_batched_generation_equals_hugging_face(blip_exports, caption_model, photos) -> None:
+    """Every (photo, prompt, beams, penalty) decoded together in one batch gives exactly the
+    tokens Hugging Face's generate gives for that request alone."""
+    import torch
+
+    model, processor = caption_model
+    engine = Engine(_graphs(blip_exports["caption"]), eos=102)
+    results: dict[int, list[int]] = {}
+    finished = threading.Event()
+    cases = [
+        (Image.open(io.BytesIO(data)).convert("RGB"), *setting)
+        for data in photos.values()
+        for setting in SETTINGS
+    ]
+    jobs = []
+    for index, case in enumerate(cases):
+
+        def done(ids, error, index=index):
+            assert error is None
+            results[index] = ids
+            if len(results) == len(cases):
+                finished.set()
+
+        jobs.append(_job(model, processor, *case, on_done=done))
+    for job, _ in jobs:  # all at once: they share batches
+        engine.submit(job)
+    assert finished.wait(120)
+    engine.close()
+    assert engine.max_batch_rows > 8, "requests were not decoded together"
+    for index, ((_, prompt, beams, penalty), (_, inputs)) in enumerate(
+        zip(cases, jobs, strict=True)
+    ):
+        with torch.no_grad():
+            expected = model.generate(
+                **inputs, max_new_tokens=12, num_beams=beams, repetition_penalty=penalty
+            )[0].tolist()
+        assert results[index] == expected, (prompt, beams, penalty)
+
+
+def test_cancelled_job_leaves_the_batch(blip_exports, caption_model, photos) -> None:
+    model, processor = caption_model
+    engine = Engine(_graphs(blip_exports["caption"]), eos=999_999)  # never stops on its own
+    image = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")
+    streamed: list[int] = []
+    errors: list[str | None] = []
+    done = threading.Event()
+    job, _ = _job(
+        model,
+        processor,
+        image,
+        None,
+        1,
+        1.0,
+        max_new_tokens=256,
+        on_tokens=streamed.extend,
+        on_done=lambda ids, error: (errors.append(error), done.set()),
+        cancelled=lambda: len(streamed) >= 5,
+    )
+    engine.submit(job)
+    assert done.wait(60)
+    assert errors == ["cancelled"]
+    assert 5 <= len(streamed) < 256
+    assert engine.active_rows() == 0
+    engine.close()
+
+
+def test_parameters_are_checked() -> None:
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        GenerationParams(max_new_tokens=0)
+    with pytest.raises(ValueError, match="num_beams"):
+        GenerationParams(num_beams=9)
+    with pytest.raises(ValueError, match="repetition_penalty"):
+        GenerationParams(repetition_penalty=0.0)
+    assert np.isfinite(GenerationParams().repetition_penalty)
