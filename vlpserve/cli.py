@@ -139,7 +139,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlpserve.demo import run_demo
 
-    run_demo(Path(args.workdir), model=args.model, groupvit=args.groupvit)
+    models = {
+        name: value
+        for name, value in (
+            ("clip", args.model),
+            ("groupvit", args.groupvit),
+            ("blip-caption", args.blip_caption),
+            ("blip-vqa", args.blip_vqa),
+        )
+        if value
+    }
+    run_demo(Path(args.workdir), models=models)
     return 0
 
 
@@ -187,10 +197,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.set_defaults(func=cmd_serve)
 
-    demo = sub.add_parser("demo", help="export, build, serve and query CLIP and GroupViT")
+    demo = sub.add_parser("demo", help="export, build, serve and query CLIP, GroupViT, BLIP")
     demo.add_argument("--workdir", default="build/demo")
     demo.add_argument("--model", default=None, help="CLIP hub id or folder (default: B/32)")
     demo.add_argument("--groupvit", default=None, help="GroupViT hub id or folder")
+    demo.add_argument("--blip-caption", default=None, help="BLIP captioning hub id or folder")
+    demo.add_argument("--blip-vqa", default=None, help="BLIP VQA hub id or folder")
     demo.set_defaults(func=cmd_demo)
     return root
 

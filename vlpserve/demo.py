@@ -1,9 +1,10 @@
-"""``vlpserve demo``: export CLIP and GroupViT, build one repository, serve it, then embed,
-classify and segment the sample photos.
+"""``vlpserve demo``: export CLIP, GroupViT and BLIP (captioning, VQA), build one repository,
+serve it, then embed, classify, segment, caption and question the sample photos.
 
-Uses the hub's checkpoints (openai/clip-vit-base-patch32, nvidia/groupvit-gcc-yfcc) when
-the hub can be reached; otherwise the same architectures with seeded random weights, and
-says so: the answers are then meaningless, the costs are the real ones.
+Uses the hub's checkpoints (openai/clip-vit-base-patch32, nvidia/groupvit-gcc-yfcc,
+Salesforce/blip-image-captioning-base, Salesforce/blip-vqa-base) when the hub can be
+reached; otherwise the same architectures with seeded random weights, and says so: the
+answers are then meaningless, the costs are the real ones.
 """
 
 from __future__ import annotations
@@ -15,17 +16,34 @@ from pathlib import Path
 
 from vlpserve.contract import Family
 from vlpserve.export.checkpoints import (
+    BLIP_BASE_HUB_IDS,
     CLIP_BASE_HUB_ID,
     GROUPVIT_BASE_HUB_ID,
     Size,
+    build_blip,
     build_clip,
     build_groupvit,
 )
 from vlpserve.export.common import REPORT_FILE, ExportOptions, read_report
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
 
-HUB_IDS = {Family.CLIP: CLIP_BASE_HUB_ID, Family.GROUPVIT: GROUPVIT_BASE_HUB_ID}
-BUILDERS = {Family.CLIP: build_clip, Family.GROUPVIT: build_groupvit}
+# What the demo exports: (family, name, hub id, seeded builder).
+CHECKPOINTS: tuple[tuple[Family, str, str, Callable[..., Path]], ...] = (
+    (Family.CLIP, "clip", CLIP_BASE_HUB_ID, build_clip),
+    (Family.GROUPVIT, "groupvit", GROUPVIT_BASE_HUB_ID, build_groupvit),
+    (
+        Family.BLIP,
+        "blip-caption",
+        BLIP_BASE_HUB_IDS["caption"],
+        lambda out, **kw: build_blip(out, kind="caption", **kw),
+    ),
+    (
+        Family.BLIP,
+        "blip-vqa",
+        BLIP_BASE_HUB_IDS["vqa"],
+        lambda out, **kw: build_blip(out, kind="vqa", **kw),
+    ),
+)
 SEGMENT_LABELS = ["cat", "grass", "wall", "sky"]
 
 
@@ -40,10 +58,7 @@ def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def _checkpoint(workdir: Path, family: Family, model: str | None) -> str:
-    if model:
-        return model
-    hub_id = HUB_IDS[family]
+def _checkpoint(workdir: Path, hub_id: str, builder: Callable[..., Path]) -> str:
     if hub_reachable(hub_id):
         print(f"using {hub_id} from the Hugging Face hub")
         return hub_id
@@ -53,16 +68,15 @@ def _checkpoint(workdir: Path, family: Family, model: str | None) -> str:
         "SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
     )
     if not (folder / "config.json").is_file():
-        BUILDERS[family](folder, size=Size.BASE, seed=0)
+        builder(folder, size=Size.BASE, seed=0)
     return str(folder)
 
 
-def _export(workdir: Path, family: Family, model: str | None) -> Path:
+def _export(workdir: Path, family: Family, name: str, source: str) -> Path:
     from vlpserve.cli import _progress
     from vlpserve.export import export
 
-    source = _checkpoint(workdir, family, model)
-    export_dir = workdir / f"export-{family.value}"
+    export_dir = workdir / f"export-{name}"
     if (export_dir / REPORT_FILE).is_file() and read_report(export_dir)["source"] == source:
         print(f"reusing the export in {export_dir}")
         return export_dir
@@ -83,8 +97,13 @@ def _median_ms(fn: Callable[[], object], repeats: int = 10) -> float:
     return statistics.median(times)
 
 
-def run_demo(workdir: Path, *, model: str | None = None, groupvit: str | None = None) -> None:
-    """Run the whole pipeline once and print what it did."""
+def run_demo(workdir: Path, *, models: dict[str, str] | None = None) -> None:
+    """Run the whole pipeline once and print what it did.
+
+    Args:
+        models: hub ids or folders by name (``clip``, ``groupvit``, ``blip-caption``,
+            ``blip-vqa``) to use instead of the defaults.
+    """
     from vlpserve.client import Client
     from vlpserve.model_repository import (
         RepositoryOptions,
@@ -96,8 +115,10 @@ def run_demo(workdir: Path, *, model: str | None = None, groupvit: str | None = 
     workdir.mkdir(parents=True, exist_ok=True)
     repo = workdir / "model_repository"
     names: list[str] = []
-    for family, source in ((Family.CLIP, model), (Family.GROUPVIT, groupvit)):
-        export_dir = _export(workdir, family, source)
+    chosen = models or {}
+    for family, name, hub_id, builder in CHECKPOINTS:
+        source = chosen.get(name) or _checkpoint(workdir, hub_id, builder)
+        export_dir = _export(workdir, family, name, source)
         names += build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
     validate_repository(repo)
     print(f"repository {repo}: {', '.join(names)}")
@@ -128,4 +149,17 @@ def run_demo(workdir: Path, *, model: str | None = None, groupvit: str | None = 
             segment_ms = _median_ms(lambda: client.segment(one_photo[0], SEGMENT_LABELS), 5)
             print(f"  round trip, 4 labels, median of 5: {segment_ms:.1f} ms")
             print(f"  overlay: {overlay.resolve()}")
+        with Client(server.grpc_url, family=Family.BLIP, timeout_s=600) as client:
+            started = time.perf_counter()
+            captions = client.caption(list(photos.values()), max_new_tokens=20)
+            took = time.perf_counter() - started
+            print(f"\nBLIP: captions of {len(photos)} photos, decoded together ({took:.1f} s):")
+            for name, caption in zip(photos, captions, strict=True):
+                print(f"  {name:<14} {caption}")
+            print("  streamed: ", end="", flush=True)
+            for piece in client.stream_caption(photos["chelsea.png"], prompt="a picture of"):
+                print(piece, end="", flush=True)
+            question = "what animal is in the picture?"
+            (answer,) = client.answer([photos["chelsea.png"]], [question])
+            print(f"\n  chelsea.png: {question} -> {answer}")
     print("\ntritonserver stopped; demo done")
