@@ -20,6 +20,16 @@ from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
 EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
+ALL_SCENARIO_NAMES = (
+    "clip_text",
+    "clip_image",
+    "clip_image_tensor",
+    "groupvit_segment",
+    "blip_caption",
+    "blip_caption_beam3",
+    "blip_itm",
+    "blip_vqa",
+)
 
 
 class _Progress:
@@ -136,6 +146,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from vlpserve.benchmarks import BenchOptions, run_bench
+
+    options = BenchOptions(
+        scenarios=tuple(args.scenarios.split(",")),
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        rate_rps=args.rate,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        max_total_s=args.max_total,
+        url=args.url,
+        metrics_url=args.metrics_url,
+        workdir=Path(args.workdir),
+        out=Path(args.out),
+        size=args.size,
+        baselines=not args.no_baselines,
+        command="vlpserve " + " ".join(sys.argv[1:]),
+    )
+    progress = _Progress("bench")
+    try:
+        report = run_bench(options, progress.step)
+    finally:
+        progress.close()
+    print(Path(report["files"]["markdown"]).read_text())
+    print(f"report: {report['files']['json']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlpserve.demo import run_demo
 
@@ -196,6 +234,25 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=8002)
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.set_defaults(func=cmd_serve)
+
+    bench = sub.add_parser("bench", help="throughput and latency of the served tasks")
+    bench.add_argument(
+        "--scenarios",
+        default="clip_text,clip_image",
+        help="comma-separated, from: " + ", ".join(ALL_SCENARIO_NAMES),
+    )
+    bench.add_argument("--concurrency", default="1,2,4,8,16,32,64")
+    bench.add_argument("--rate", type=float, default=None, help="open loop: requests/s")
+    bench.add_argument("--warmup", type=float, default=2.0, help="seconds per point")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per point")
+    bench.add_argument("--max-total", type=float, default=3600.0, help="seconds in all")
+    bench.add_argument("--url", default=None, help="a running server's gRPC host:port")
+    bench.add_argument("--metrics-url", default=None, help="its metrics endpoint")
+    bench.add_argument("--size", choices=["tiny", "base"], default="base")
+    bench.add_argument("--workdir", default="build/bench")
+    bench.add_argument("--out", default="build/bench/report")
+    bench.add_argument("--no-baselines", action="store_true")
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="export, build, serve and query CLIP, GroupViT, BLIP")
     demo.add_argument("--workdir", default="build/demo")

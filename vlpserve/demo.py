@@ -27,23 +27,20 @@ from vlpserve.export.checkpoints import (
 from vlpserve.export.common import REPORT_FILE, ExportOptions, read_report
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
 
-# What the demo exports: (family, name, hub id, seeded builder).
-CHECKPOINTS: tuple[tuple[Family, str, str, Callable[..., Path]], ...] = (
-    (Family.CLIP, "clip", CLIP_BASE_HUB_ID, build_clip),
-    (Family.GROUPVIT, "groupvit", GROUPVIT_BASE_HUB_ID, build_groupvit),
-    (
-        Family.BLIP,
-        "blip-caption",
-        BLIP_BASE_HUB_IDS["caption"],
-        lambda out, **kw: build_blip(out, kind="caption", **kw),
-    ),
-    (
-        Family.BLIP,
-        "blip-vqa",
-        BLIP_BASE_HUB_IDS["vqa"],
-        lambda out, **kw: build_blip(out, kind="vqa", **kw),
-    ),
-)
+# The checkpoints the demo and the benchmarks deploy: name -> (family, hub id, seeded builder).
+CHECKPOINTS: dict[str, tuple[Family, str, Callable[..., Path]]] = {
+    "clip": (Family.CLIP, CLIP_BASE_HUB_ID, build_clip),
+    "groupvit": (Family.GROUPVIT, GROUPVIT_BASE_HUB_ID, build_groupvit),
+    **{
+        f"blip-{kind}": (
+            Family.BLIP,
+            BLIP_BASE_HUB_IDS[kind],
+            lambda out, kind=kind, **kw: build_blip(out, kind=kind, **kw),
+        )
+        for kind in ("caption", "itm", "vqa")
+    },
+}
+DEMO_CHECKPOINTS = ("clip", "groupvit", "blip-caption", "blip-vqa")
 SEGMENT_LABELS = ["cat", "grass", "wall", "sky"]
 
 
@@ -58,18 +55,47 @@ def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
     return True
 
 
-def _checkpoint(workdir: Path, hub_id: str, builder: Callable[..., Path]) -> str:
-    if hub_reachable(hub_id):
+def _checkpoint(
+    workdir: Path, hub_id: str, builder: Callable[..., Path], size: Size = Size.BASE
+) -> str:
+    if size is Size.BASE and hub_reachable(hub_id):
         print(f"using {hub_id} from the Hugging Face hub")
         return hub_id
-    folder = workdir / f"{hub_id.split('/')[-1]}-seeded"
-    print(
-        f"the Hugging Face hub is out of reach: using the {hub_id} architecture with "
-        "SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
-    )
+    folder = workdir / f"{hub_id.split('/')[-1]}-seeded-{size.value}"
+    if size is Size.BASE:
+        print(
+            f"the Hugging Face hub is out of reach: using the {hub_id} architecture with "
+            "SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
+        )
     if not (folder / "config.json").is_file():
-        builder(folder, size=Size.BASE, seed=0)
+        builder(folder, size=size, seed=0)
     return str(folder)
+
+
+def prepare_repository(
+    workdir: Path,
+    names: tuple[str, ...],
+    *,
+    size: Size = Size.BASE,
+    models: dict[str, str] | None = None,
+) -> tuple[Path, dict[str, tuple[str, Path]]]:
+    """Checkpoints (hub or seeded), exports (reused when current) and one repository.
+
+    Returns:
+        The repository and, per checkpoint name, its source and export folder.
+    """
+    from vlpserve.model_repository import RepositoryOptions, build_repository
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    repo = workdir / "model_repository"
+    deployed = {}
+    for name in names:
+        family, hub_id, builder = CHECKPOINTS[name]
+        source = (models or {}).get(name) or _checkpoint(workdir, hub_id, builder, size)
+        export_dir = _export(workdir, family, name, source)
+        build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
+        deployed[name] = (source, export_dir)
+    return repo, deployed
 
 
 def _export(workdir: Path, family: Family, name: str, source: str) -> Path:
@@ -105,23 +131,11 @@ def run_demo(workdir: Path, *, models: dict[str, str] | None = None) -> None:
             ``blip-vqa``) to use instead of the defaults.
     """
     from vlpserve.client import Client
-    from vlpserve.model_repository import (
-        RepositoryOptions,
-        TritonServer,
-        build_repository,
-        validate_repository,
-    )
+    from vlpserve.model_repository import TritonServer, validate_repository
 
-    workdir.mkdir(parents=True, exist_ok=True)
-    repo = workdir / "model_repository"
-    names: list[str] = []
-    chosen = models or {}
-    for family, name, hub_id, builder in CHECKPOINTS:
-        source = chosen.get(name) or _checkpoint(workdir, hub_id, builder)
-        export_dir = _export(workdir, family, name, source)
-        names += build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
-    validate_repository(repo)
-    print(f"repository {repo}: {', '.join(names)}")
+    repo, _ = prepare_repository(workdir, DEMO_CHECKPOINTS, models=models)
+    report = validate_repository(repo)
+    print(f"repository {repo}: {', '.join(report.models)}")
     photos = photo_bytes()
     started = time.perf_counter()
     with TritonServer(repo) as server:

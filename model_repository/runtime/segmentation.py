@@ -5,7 +5,8 @@ assignment to the input pixels, then computes per-label logits as
 ``(group_embeds @ text_embeds.T * s).T @ grouping * s`` (s = exp(logit_scale), applied twice,
 as there). Both steps are linear, so the logits are computed on the patch grid and resized
 afterwards: same numbers, a fraction of the work. ``bilinear_resize`` is
-``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``.
+``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``; ``segment``
+composes both resizes into one matrix per axis.
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ def _axis_weights(size_in: int, size_out: int) -> tuple[np.ndarray, np.ndarray, 
     high = np.minimum(low + 1, size_in - 1)
     frac = (src - low).astype(np.float32)
     return low, high, frac
+
+
+def bilinear_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """(size_out, size_in) matrix M with M @ x = 1-D bilinear resize of x (torch's rule)."""
+    low, high, frac = _axis_weights(size_in, size_out)
+    matrix = np.zeros((size_out, size_in), dtype=np.float32)
+    rows = np.arange(size_out)
+    np.add.at(matrix, (rows, low), 1 - frac)
+    np.add.at(matrix, (rows, high), frac)
+    return matrix
 
 
 def bilinear_resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -43,6 +54,17 @@ class Segment:
     fractions: np.ndarray  # (labels,) float32, share of pixels per label
 
 
+def grid_logits(
+    group_embeds: np.ndarray, grouping: np.ndarray, text_embeds: np.ndarray, logit_scale: float
+) -> np.ndarray:
+    """Per-label logits on the patch grid (labels, grid_h, grid_w)."""
+    scale = np.float32(logit_scale)
+    per_group = (group_embeds @ text_embeds.T) * scale  # (groups, labels)
+    groups, grid_h, grid_w = grouping.shape
+    on_grid = (per_group.T @ grouping.reshape(groups, -1)) * scale
+    return np.asarray(on_grid.reshape(-1, grid_h, grid_w), dtype=np.float32)
+
+
 def segment_logits(
     group_embeds: np.ndarray,
     grouping: np.ndarray,
@@ -51,11 +73,8 @@ def segment_logits(
     model_size: tuple[int, int],
 ) -> np.ndarray:
     """Per-label logits (labels, H_model, W_model), as Hugging Face's segmentation_logits."""
-    scale = np.float32(logit_scale)
-    per_group = (group_embeds @ text_embeds.T) * scale  # (groups, labels)
-    groups, grid_h, grid_w = grouping.shape
-    on_grid = (per_group.T @ grouping.reshape(groups, -1)) * scale
-    return bilinear_resize(on_grid.reshape(-1, grid_h, grid_w), *model_size)
+    on_grid = grid_logits(group_embeds, grouping, text_embeds, logit_scale)
+    return bilinear_resize(on_grid, *model_size)
 
 
 def segment(
@@ -68,9 +87,17 @@ def segment(
     model_size: tuple[int, int],
     image_size: tuple[int, int],
 ) -> Segment:
-    """Label map at ``image_size`` (height, width) for one image and its label embeddings."""
-    logits = segment_logits(group_embeds, grouping, text_embeds, logit_scale, model_size)
-    label_map = bilinear_resize(logits, *image_size).argmax(axis=0).astype(np.int32)
+    """Label map at ``image_size`` (height, width) for one image and its label embeddings.
+
+    Both resizes (grid -> model input -> image) are linear maps per axis, so they are
+    composed into one matrix per axis and applied with two matrix products.
+    """
+    on_grid = grid_logits(group_embeds, grouping, text_embeds, logit_scale)
+    _, grid_h, grid_w = on_grid.shape
+    rows = bilinear_matrix(model_size[0], image_size[0]) @ bilinear_matrix(grid_h, model_size[0])
+    cols = bilinear_matrix(model_size[1], image_size[1]) @ bilinear_matrix(grid_w, model_size[1])
+    logits = rows @ on_grid @ cols.T  # (labels, H, W)
+    label_map = logits.argmax(axis=0).astype(np.int32)
     labels = text_embeds.shape[0]
     fractions = np.bincount(label_map.ravel(), minlength=labels) / label_map.size
     image_logits = (text_embeds @ image_embeds) * np.float32(logit_scale)

@@ -38,3 +38,14 @@ def test_segment_shapes_and_sums() -> None:
     assert set(np.unique(result.label_map)) <= {0, 1, 2}
     assert result.fractions.sum() == pytest.approx(1.0)
     assert result.scores.sum() == pytest.approx(1.0)
+
+
+def test_composed_matrices_equal_two_resizes() -> None:
+    from vlpserve.model_repository.runtime.segmentation import bilinear_matrix
+
+    rng = np.random.default_rng(1)
+    grid = rng.standard_normal((5, 14, 14)).astype(np.float32)
+    twice = bilinear_resize(bilinear_resize(grid, 224, 224), 300, 451)
+    rows = bilinear_matrix(224, 300) @ bilinear_matrix(14, 224)
+    cols = bilinear_matrix(224, 451) @ bilinear_matrix(14, 224)
+    np.testing.assert_allclose(rows @ grid @ cols.T, twice, atol=1e-4)

@@ -1,0 +1,172 @@
+"""In-process baselines of the same checkpoints: Hugging Face PyTorch eager (fp32 on CPU,
+fp16 on GPU) and ONNX Runtime on the exported graphs, at batch 1 and larger batches."""
+
+from __future__ import annotations
+
+import io
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlpserve.benchmarks.scenarios import QUESTIONS, SEGMENT_LABELS, TEXTS
+
+ProgressFn = Callable[[str], None]
+
+
+def median_s(fn: Callable[[], object], *, warmup: int = 1, repeats: int = 5) -> float:
+    """Median wall time of ``fn`` after warm-up calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _device() -> tuple[Any, Any]:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+def _ort(path: Path) -> Any:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+def _images(photos: dict[str, bytes], count: int) -> list[Any]:
+    from PIL import Image
+
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
+    return [images[i % len(images)] for i in range(count)]
+
+
+def _rates(
+    batches: tuple[int, ...], run: Callable[[int], Callable[[], object]]
+) -> dict[int, float]:
+    return {batch: batch / median_s(run(batch)) for batch in batches}
+
+
+def dual_encoder(
+    family: str,
+    checkpoint: str,
+    export_dir: Path,
+    photos: dict[str, bytes],
+    *,
+    text_batches: tuple[int, ...] = (1, 8, 32),
+    image_batches: tuple[int, ...] = (1, 8, 16),
+) -> dict[str, dict[str, dict[int, float]]]:
+    """Items/s of text and image embedding: Hugging Face eager and ONNX Runtime."""
+    import torch
+    from transformers import AutoModel, AutoProcessor
+
+    device, dtype = _device()
+    model = AutoModel.from_pretrained(checkpoint, torch_dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    text_graph = _ort(export_dir / "text_encoder" / "model.onnx")
+    image_graph = _ort(export_dir / "image_encoder" / "model.onnx")
+
+    def tokens(batch: int) -> dict[str, np.ndarray]:
+        texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
+        return dict(processor.tokenizer(texts, padding=True, return_tensors="np"))
+
+    def pixels(batch: int) -> np.ndarray:
+        return processor.image_processor(images=_images(photos, batch), return_tensors="np")[
+            "pixel_values"
+        ].astype(np.float32)
+
+    def hf_text(batch: int) -> Callable[[], object]:
+        feeds = {k: torch.from_numpy(v).to(device) for k, v in tokens(batch).items()}
+        return lambda: torch.no_grad()(model.get_text_features)(**feeds)
+
+    def hf_image(batch: int) -> Callable[[], object]:
+        values = torch.from_numpy(pixels(batch)).to(device, dtype)
+        return lambda: torch.no_grad()(model.get_image_features)(pixel_values=values)
+
+    def ort_text(batch: int) -> Callable[[], object]:
+        feeds = {k: v.astype(np.int64) for k, v in tokens(batch).items()}
+        return lambda: text_graph.run(None, feeds)
+
+    def ort_image(batch: int) -> Callable[[], object]:
+        values = pixels(batch)
+        return lambda: image_graph.run(None, {"pixel_values": values})
+
+    return {
+        f"{family}_text": {
+            "hf_eager": _rates(text_batches, hf_text),
+            "onnxruntime": _rates(text_batches, ort_text),
+        },
+        f"{family}_image": {
+            "hf_eager": _rates(image_batches, hf_image),
+            "onnxruntime": _rates(image_batches, ort_image),
+        },
+    }
+
+
+def groupvit_segment(
+    checkpoint: str, photos: dict[str, bytes], *, batches: tuple[int, ...] = (1, 8)
+) -> dict[str, dict[str, dict[int, float]]]:
+    """Images/s of Hugging Face GroupViT eager segmentation with 10 labels."""
+    import torch
+    from transformers import AutoProcessor, GroupViTModel
+
+    device, dtype = _device()
+    model = GroupViTModel.from_pretrained(checkpoint, torch_dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint)
+    labels = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="pt")
+    labels = {k: v.to(device) for k, v in labels.items()}
+
+    def run(batch: int) -> Callable[[], object]:
+        values = processor.image_processor(images=_images(photos, batch), return_tensors="pt")
+        pixel = values["pixel_values"].to(device, dtype)
+        return lambda: torch.no_grad()(model)(
+            **labels, pixel_values=pixel, output_segmentation=True
+        )
+
+    return {"groupvit_segment": {"hf_eager": _rates(batches, run)}}
+
+
+def blip_generate(
+    kind: str,
+    checkpoint: str,
+    photos: dict[str, bytes],
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    batches: tuple[int, ...] = (1, 8),
+) -> dict[str, dict[int, float]]:
+    """Items/s of Hugging Face BLIP ``generate`` (captions or answers)."""
+    import torch
+    import transformers
+    from transformers import BlipProcessor
+
+    device, dtype = _device()
+    name = "BlipForConditionalGeneration" if kind == "caption" else "BlipForQuestionAnswering"
+    model = getattr(transformers, name).from_pretrained(checkpoint, torch_dtype=dtype)
+    model = model.to(device).eval()
+    processor = BlipProcessor.from_pretrained(checkpoint)
+
+    def run(batch: int) -> Callable[[], object]:
+        texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)] if kind == "vqa" else None
+        inputs = processor(
+            images=_images(photos, batch), text=texts, padding=True, return_tensors="pt"
+        )
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+        return lambda: torch.no_grad()(model.generate)(
+            **inputs, max_new_tokens=max_new_tokens, num_beams=num_beams
+        )
+
+    return {"hf_eager": {batch: batch / median_s(run(batch), repeats=3) for batch in batches}}

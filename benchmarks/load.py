@@ -1,0 +1,179 @@
+"""Load generation with the asyncio gRPC client: closed loop (fixed concurrency) and open
+loop (fixed request rate), each with warm-up and a fixed measuring window."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from vlpserve.benchmarks.scenarios import Scenario
+
+Send = Callable[[int], Awaitable[int]]
+
+
+@dataclass
+class Point:
+    """What one load point measured."""
+
+    mode: str  # "closed" or "open"
+    concurrency: int | None
+    rate_rps: float | None
+    duration_s: float
+    requests: int
+    items: int
+    errors: int
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    error_samples: list[str] = field(default_factory=list)
+    triton: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.duration_s if self.duration_s else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["items_per_s"] = self.items_per_s
+        out["requests_per_s"] = self.requests / self.duration_s if self.duration_s else 0.0
+        return out
+
+
+def summarize(latencies_s: list[float]) -> dict[str, float]:
+    """p50/p90/p95/p99/max/mean latency in milliseconds."""
+    if not latencies_s:
+        return {}
+    ms = np.array(latencies_s) * 1000
+    out = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 95, 99)}
+    return out | {"max": float(ms.max()), "mean": float(ms.mean())}
+
+
+def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:
+    """A coroutine function sending request ``i`` of a scenario; returns its item count."""
+    import tritonclient.grpc.aio as aio
+
+    from vlpserve.dtypes import from_numpy
+
+    def tensors(i: int) -> list[Any]:
+        out = []
+        for name, array in scenario.inputs(i):
+            tensor = aio.InferInput(name, list(array.shape), from_numpy(array.dtype).wire)
+            tensor.set_data_from_numpy(array)
+            out.append(tensor)
+        return out
+
+    async def infer(i: int) -> int:
+        await client.infer(scenario.model, tensors(i), client_timeout=timeout_s)
+        return scenario.items_per_request
+
+    async def stream(i: int) -> int:
+        async def requests() -> Any:
+            yield {
+                "model_name": scenario.model,
+                "inputs": tensors(i),
+                "request_id": str(i),
+                "enable_empty_final_response": True,
+            }
+
+        async for result, error in client.stream_infer(requests(), stream_timeout=timeout_s):
+            if error is not None:
+                raise error
+            final = result.get_response().parameters.get("triton_final_response")
+            if final is not None and final.bool_param:
+                return scenario.items_per_request
+        raise RuntimeError("stream ended without a final response")
+
+    return stream if scenario.streaming else infer
+
+
+async def closed_loop(send: Send, concurrency: int, *, warmup_s: float, duration_s: float) -> Point:
+    """``concurrency`` workers, each sending its next request when the last one answered."""
+    started = time.monotonic()
+    measure_from = started + warmup_s
+    measure_to = measure_from + duration_s
+    latencies: list[float] = []
+    counts = {"requests": 0, "items": 0, "errors": 0}
+    samples: list[str] = []
+    counter = iter(range(10**9))
+
+    async def worker() -> None:
+        while (now := time.monotonic()) < measure_to:
+            t0 = now
+            try:
+                items = await send(next(counter))
+                ok = True
+            except Exception as exc:  # a failed request is counted, not fatal
+                ok, items = False, 0
+                if len(samples) < 5:
+                    samples.append(str(exc)[:300])
+            t1 = time.monotonic()
+            if t0 >= measure_from and t1 <= measure_to:
+                counts["requests"] += 1
+                if ok:
+                    latencies.append(t1 - t0)
+                    counts["items"] += items
+                else:
+                    counts["errors"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return Point(
+        mode="closed",
+        concurrency=concurrency,
+        rate_rps=None,
+        duration_s=duration_s,
+        requests=counts["requests"],
+        items=counts["items"],
+        errors=counts["errors"],
+        latency_ms=summarize(latencies),
+        error_samples=samples,
+    )
+
+
+async def open_loop(send: Send, rate_rps: float, *, warmup_s: float, duration_s: float) -> Point:
+    """Requests sent at a fixed rate whatever the answers; latency includes queueing."""
+    interval = 1.0 / rate_rps
+    started = time.monotonic()
+    measure_from = started + warmup_s
+    measure_to = measure_from + duration_s
+    latencies: list[float] = []
+    counts = {"requests": 0, "items": 0, "errors": 0}
+    samples: list[str] = []
+    tasks = []
+
+    async def one(i: int, t0: float) -> None:
+        try:
+            items = await send(i)
+            ok = True
+        except Exception as exc:
+            ok, items = False, 0
+            if len(samples) < 5:
+                samples.append(str(exc)[:300])
+        if t0 >= measure_from:
+            counts["requests"] += 1
+            if ok:
+                latencies.append(time.monotonic() - t0)
+                counts["items"] += items
+            else:
+                counts["errors"] += 1
+
+    i = 0
+    while (scheduled := started + i * interval) < measure_to:
+        await asyncio.sleep(max(0.0, scheduled - time.monotonic()))
+        tasks.append(asyncio.create_task(one(i, scheduled)))
+        i += 1
+    await asyncio.gather(*tasks)
+    elapsed = max(time.monotonic() - measure_from, duration_s)
+    return Point(
+        mode="open",
+        concurrency=None,
+        rate_rps=rate_rps,
+        duration_s=elapsed,
+        requests=counts["requests"],
+        items=counts["items"],
+        errors=counts["errors"],
+        latency_ms=summarize(latencies),
+        error_samples=samples,
+    )

@@ -1,0 +1,151 @@
+"""The benchmark report: JSON, a Markdown table, PNG plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+REPORT_JSON = "bench.json"
+REPORT_MD = "bench.md"
+
+
+def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    closed = [p for p in points if p["mode"] == "closed" and p["requests"]]
+    return max(closed, key=lambda p: p["items_per_s"]) if closed else None
+
+
+def comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Served (best concurrency) against each in-process baseline (best batch, and batch 1)."""
+    rows = []
+    for name, result in report["scenarios"].items():
+        best = best_point(result["points"])
+        if best is None:
+            continue
+        for engine, rates in report.get("baselines", {}).get(name, {}).items():
+            if not rates:
+                continue
+            top_batch, top = max(rates.items(), key=lambda kv: kv[1])
+            rows.append(
+                {
+                    "scenario": name,
+                    "baseline": engine,
+                    "served_items_per_s": best["items_per_s"],
+                    "served_concurrency": best["concurrency"],
+                    "baseline_items_per_s": top,
+                    "baseline_batch": int(top_batch),
+                    "ratio": best["items_per_s"] / top if top else 0.0,
+                }
+            )
+    return rows
+
+
+def markdown(report: dict[str, Any]) -> str:
+    machine = report["machine"]
+    lines = [
+        f"# vlpserve bench ({report['started']})",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
+        f"size {report['settings']['size']}; command: `{report['settings']['command']}`",
+        "",
+        "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms "
+        "| errors |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, result in report["scenarios"].items():
+        for p in result["points"]:
+            load = f"c={p['concurrency']}" if p["mode"] == "closed" else f"{p['rate_rps']} req/s"
+            lat = p["latency_ms"]
+            cells = [f"{lat.get(k, 0):.1f}" for k in ("p50", "p90", "p95", "p99", "max")]
+            lines.append(
+                f"| {name} | {load} | {p['items_per_s']:.2f} | {p['requests_per_s']:.2f} | "
+                + " | ".join(cells)
+                + f" | {p['errors']} |"
+            )
+    absent = report.get("absent", {})
+    if absent:
+        lines += ["", "Absent (not served): " + ", ".join(f"{k} ({v})" for k, v in absent.items())]
+    rows = comparisons(report)
+    if rows:
+        lines += [
+            "",
+            "| scenario | baseline | served items/s (concurrency) | baseline items/s (batch) "
+            "| served / baseline |",
+            "|---|---|---|---|---|",
+        ]
+        for r in rows:
+            lines.append(
+                f"| {r['scenario']} | {r['baseline']} | {r['served_items_per_s']:.2f} "
+                f"(c={r['served_concurrency']}) | {r['baseline_items_per_s']:.2f} "
+                f"(b={r['baseline_batch']}) | {r['ratio']:.2f} |"
+            )
+    baselines = report.get("baselines", {})
+    if baselines:
+        lines += ["", "| baseline | engine | batch: items/s |", "|---|---|---|"]
+        for name, engines in baselines.items():
+            for engine, rates in engines.items():
+                text = ", ".join(f"{b}: {v:.2f}" for b, v in rates.items())
+                lines.append(f"| {name} | {engine} | {text} |")
+    breakdown = []
+    for name, result in report["scenarios"].items():
+        best = best_point(result["points"])
+        if best is None:
+            continue
+        for model, s in best.get("triton", {}).items():
+            breakdown.append(
+                f"| {name} (c={best['concurrency']}) | {model} | {s['queue_ms']:.2f} | "
+                f"{s['compute_input_ms']:.2f} | {s['compute_infer_ms']:.2f} | "
+                f"{s['compute_output_ms']:.2f} | {s['mean_batch']:.2f} |"
+            )
+    if breakdown:
+        lines += [
+            "",
+            "Triton's breakdown at the best point (ms per request; mean executed batch):",
+            "",
+            "| scenario | model | queue | compute input | compute infer | compute output | batch |",
+            "|---|---|---|---|---|---|---|",
+            *breakdown,
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """Throughput and latency against concurrency, one PNG per scenario."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for name, result in report["scenarios"].items():
+        closed = [p for p in result["points"] if p["mode"] == "closed" and p["requests"]]
+        if not closed:
+            continue
+        xs = [p["concurrency"] for p in closed]
+        fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        left.plot(xs, [p["items_per_s"] for p in closed], marker="o", label="served")
+        for engine, rates in report.get("baselines", {}).get(name, {}).items():
+            if rates:
+                left.axhline(max(rates.values()), linestyle="--", label=f"{engine} (best batch)")
+        left.set(xscale="log", xlabel="concurrency", ylabel="items/s", title=f"{name}: throughput")
+        left.legend()
+        for q in ("p50", "p90", "p99"):
+            right.plot(xs, [p["latency_ms"].get(q, 0) for p in closed], marker="o", label=q)
+        right.set(xscale="log", xlabel="concurrency", ylabel="ms", title=f"{name}: latency")
+        right.legend()
+        fig.tight_layout()
+        path = out / f"{name}.png"
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPORT_JSON).write_text(json.dumps(report, indent=2, default=str) + "\n")
+    (out / REPORT_MD).write_text(markdown(report))
+    files = {"json": out / REPORT_JSON, "markdown": out / REPORT_MD}
+    for path in plots(report, out):
+        files[path.stem] = path
+    return files

@@ -1,0 +1,271 @@
+"""``vlpserve bench``: scenarios under closed- and open-loop load against a running server or
+one it starts, Triton's own breakdown, and in-process baselines of the same checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vlpserve.benchmarks import baselines, triton_stats
+from vlpserve.benchmarks import report as reports
+from vlpserve.benchmarks.load import Point, closed_loop, open_loop, sender
+from vlpserve.benchmarks.scenarios import Scenario, build_scenarios
+from vlpserve.errors import ConfigError
+from vlpserve.export.checkpoints import Size
+
+logger = logging.getLogger(__name__)
+
+ALL_SCENARIOS = (
+    "clip_text",
+    "clip_image",
+    "clip_image_tensor",
+    "groupvit_segment",
+    "blip_caption",
+    "blip_caption_beam3",
+    "blip_itm",
+    "blip_vqa",
+)
+CHECKPOINT_OF = {
+    "clip_text": "clip",
+    "clip_image": "clip",
+    "clip_image_tensor": "clip",
+    "groupvit_segment": "groupvit",
+    "blip_caption": "blip-caption",
+    "blip_caption_beam3": "blip-caption",
+    "blip_itm": "blip-itm",
+    "blip_vqa": "blip-vqa",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class BenchOptions:
+    """What to measure and how long.
+
+    ``url`` names a running server; without it the suite deploys ``size`` checkpoints
+    (hub weights where reachable, seeded ones otherwise) in ``workdir`` and serves them.
+    """
+
+    scenarios: tuple[str, ...] = ("clip_text", "clip_image")
+    concurrency: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    rate_rps: float | None = None
+    warmup_s: float = 2.0
+    duration_s: float = 10.0
+    max_total_s: float = 3600.0
+    request_timeout_s: float = 120.0
+    url: str | None = None
+    metrics_url: str | None = None
+    workdir: Path = Path("build/bench")
+    out: Path = Path("build/bench/report")
+    size: Size = Size.BASE
+    baselines: bool = True
+    command: str = ""
+    models: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.scenarios) - set(ALL_SCENARIOS)
+        if unknown:
+            raise ConfigError(f"unknown scenarios {sorted(unknown)}; known: {ALL_SCENARIOS}")
+        if not self.concurrency or min(self.concurrency) < 1:
+            raise ConfigError("concurrency values must be >= 1")
+        if self.duration_s <= 0 or self.warmup_s < 0 or self.max_total_s <= 0:
+            raise ConfigError("durations must be positive")
+        if self.rate_rps is not None and self.rate_rps <= 0:
+            raise ConfigError("rate_rps must be > 0")
+        object.__setattr__(self, "size", Size(self.size))
+        object.__setattr__(self, "workdir", Path(self.workdir))
+        object.__setattr__(self, "out", Path(self.out))
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            gpu = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "platform": platform.platform()}
+
+
+def versions() -> dict[str, str]:
+    from vlpserve.export.common import library_versions
+
+    found = library_versions()
+    from importlib.metadata import PackageNotFoundError, version
+
+    for name in ("tritonclient", "nvidia-pytriton", "grpcio"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+async def _points(
+    url: str, scenario: Scenario, options: BenchOptions, stats_client: Any, deadline: float
+) -> list[Point]:
+    import tritonclient.grpc.aio as aio
+
+    client = aio.InferenceServerClient(url)
+    send = sender(client, scenario, timeout_s=options.request_timeout_s)
+    points = []
+    try:
+        loads: list[tuple[str, float]] = [("closed", c) for c in options.concurrency]
+        if options.rate_rps:
+            loads.append(("open", options.rate_rps))
+        for mode, value in loads:
+            if time.monotonic() + options.warmup_s + options.duration_s > deadline:
+                logger.warning("%s: time budget spent, %s %s skipped", scenario.name, mode, value)
+                continue
+            before = triton_stats.snapshot(stats_client, scenario.stats_models)
+            if mode == "closed":
+                point = await closed_loop(
+                    send, int(value), warmup_s=options.warmup_s, duration_s=options.duration_s
+                )
+            else:
+                point = await open_loop(
+                    send, value, warmup_s=options.warmup_s, duration_s=options.duration_s
+                )
+            after = triton_stats.snapshot(stats_client, scenario.stats_models)
+            point.triton = triton_stats.delta(before, after)
+            gpu = triton_stats.gpu_metrics(options.metrics_url)
+            if gpu:
+                point.triton["gpu"] = gpu
+            points.append(point)
+    finally:
+        await client.close()
+    return points
+
+
+def _pixel_values(export_dir: Path, photos: dict[str, bytes]) -> np.ndarray:
+    from vlpserve.model_repository.runtime.images import ImagePreprocessing
+
+    steps = ImagePreprocessing.from_file(export_dir / "preprocessor" / "preprocessor_config.json")
+    return np.stack([steps.preprocess(data, i) for i, data in enumerate(photos.values())])
+
+
+def _baselines(
+    wanted: list[str], deployed: dict[str, tuple[str, Path]], photos: dict[str, bytes]
+) -> dict[str, dict[str, dict[int, float]]]:
+    out: dict[str, dict[str, dict[int, float]]] = {}
+    if "clip" in deployed and {"clip_text", "clip_image", "clip_image_tensor"} & set(wanted):
+        source, export_dir = deployed["clip"]
+        found = baselines.dual_encoder("clip", source, export_dir, photos)
+        out |= {k: v for k, v in found.items() if k in wanted}
+        if "clip_image_tensor" in wanted:
+            out["clip_image_tensor"] = found["clip_image"]
+    if "groupvit" in deployed and "groupvit_segment" in wanted:
+        out |= baselines.groupvit_segment(deployed["groupvit"][0], photos)
+    if "blip-caption" in deployed:
+        for name, beams in (("blip_caption", 1), ("blip_caption_beam3", 3)):
+            if name in wanted:
+                out[name] = baselines.blip_generate(
+                    "caption", deployed["blip-caption"][0], photos, max_new_tokens=20,
+                    num_beams=beams,
+                )  # fmt: skip
+    if "blip-vqa" in deployed and "blip_vqa" in wanted:
+        out["blip_vqa"] = baselines.blip_generate(
+            "vqa", deployed["blip-vqa"][0], photos, max_new_tokens=10
+        )
+    return out
+
+
+def run_bench(
+    options: BenchOptions, progress: Callable[[str], None] = lambda _: None
+) -> dict[str, Any]:
+    """Run the suite; write JSON, Markdown and PNG plots into ``options.out``.
+
+    Returns:
+        The report (as written to ``bench.json``).
+    """
+    import tritonclient.grpc as grpcclient
+
+    from vlpserve.demo import prepare_repository
+    from vlpserve.export.samples import photo_bytes
+    from vlpserve.model_repository import TritonServer
+
+    started = time.monotonic()
+    deadline = started + options.max_total_s
+    photos = photo_bytes()
+    deployed: dict[str, tuple[str, Path]] = {}
+    server = None
+    url, metrics_url = options.url, options.metrics_url
+    if url is None:
+        names = tuple(dict.fromkeys(CHECKPOINT_OF[s] for s in options.scenarios))
+        progress(f"deploying {', '.join(names)} ({options.size.value})")
+        repo, deployed = prepare_repository(
+            options.workdir, names, size=options.size, models=options.models
+        )
+        server = TritonServer(repo, startup_timeout_s=600).start()
+        url, metrics_url = server.grpc_url, server.metrics_url
+    options = _with(options, metrics_url=metrics_url)
+    pixels = _pixel_values(deployed["clip"][1], photos) if "clip" in deployed else None
+    known = build_scenarios(photos, pixels)
+    stats_client = grpcclient.InferenceServerClient(url)
+    result: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "versions": versions(),
+        "settings": {
+            "size": options.size.value,
+            "concurrency": list(options.concurrency),
+            "rate_rps": options.rate_rps,
+            "warmup_s": options.warmup_s,
+            "duration_s": options.duration_s,
+            "command": options.command,
+            "url": options.url or "embedded tritonserver",
+        },
+        "scenarios": {},
+        "absent": {},
+        "baselines": {},
+    }
+    try:
+        for name in options.scenarios:
+            scenario = known.get(name)
+            if scenario is None or not stats_client.is_model_ready(scenario.model):
+                result["absent"][name] = f"{scenario.model if scenario else name} not served"
+                continue
+            progress(f"{name}: concurrency {list(options.concurrency)}")
+            points = asyncio.run(_points(url, scenario, options, stats_client, deadline))
+            result["scenarios"][name] = {
+                "model": scenario.model,
+                "description": scenario.description,
+                "points": [p.as_dict() for p in points],
+            }
+        if options.baselines and deployed:
+            progress("in-process baselines")
+            result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
+    finally:
+        stats_client.close()
+        if server is not None:
+            server.stop()
+    result["comparisons"] = reports.comparisons(result)
+    result["elapsed_s"] = time.monotonic() - started
+    files = reports.write(result, options.out)
+    result["files"] = {k: str(v) for k, v in files.items()}
+    return result
+
+
+def _with(options: BenchOptions, **changes: Any) -> BenchOptions:
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)

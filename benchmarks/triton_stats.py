@@ -1,0 +1,74 @@
+"""Triton's own figures around a load point: per-model statistics deltas (queue, compute
+input / infer / output, batch sizes actually executed) and GPU metrics where a GPU exists."""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+from typing import Any
+
+_METRIC = re.compile(r"^(nv_gpu_utilization|nv_gpu_memory_used_bytes)\{[^}]*\} ([0-9.eE+-]+)$")
+
+
+def snapshot(client: Any, models: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Cumulative statistics of ``models`` (tritonclient.grpc client)."""
+    out = {}
+    for model in models:
+        stats = client.get_inference_statistics(model, as_json=True)
+        entries = stats.get("model_stats", [])
+        if entries:
+            out[model] = entries[0]
+    return out
+
+
+def _ns(entry: dict[str, Any], key: str) -> tuple[int, int]:
+    value = entry.get("inference_stats", {}).get(key, {})
+    return int(value.get("count", 0)), int(value.get("ns", 0))
+
+
+def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per model: requests, executions, mean batch, mean ms per request of each phase, and
+    the batch sizes executed (size -> executions) during the point."""
+    out: dict[str, dict[str, Any]] = {}
+    for model, end in after.items():
+        start = before.get(model, {})
+        phases = {}
+        for phase in ("queue", "compute_input", "compute_infer", "compute_output", "success"):
+            count = _ns(end, phase)[0] - _ns(start, phase)[0]
+            ns = _ns(end, phase)[1] - _ns(start, phase)[1]
+            phases[f"{phase}_ms"] = ns / count / 1e6 if count else 0.0
+        executions = int(end.get("execution_count", 0)) - int(start.get("execution_count", 0))
+        inferences = int(end.get("inference_count", 0)) - int(start.get("inference_count", 0))
+        sizes: dict[int, int] = {}
+        earlier = {int(b["batch_size"]): b for b in start.get("batch_stats", [])}
+        for batch in end.get("batch_stats", []):
+            size = int(batch["batch_size"])
+            count = int(batch.get("compute_infer", {}).get("count", 0))
+            count -= int(earlier.get(size, {}).get("compute_infer", {}).get("count", 0))
+            if count:
+                sizes[size] = count
+        out[model] = {
+            "requests": _ns(end, "success")[0] - _ns(start, "success")[0],
+            "executions": executions,
+            "mean_batch": inferences / executions if executions else 0.0,
+            "batch_sizes": sizes,
+        } | phases
+    return out
+
+
+def gpu_metrics(metrics_url: str | None) -> dict[str, float]:
+    """GPU utilisation (0..1) and memory used (bytes) from Triton's metrics endpoint; empty
+    where no GPU is reported."""
+    if not metrics_url:
+        return {}
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC.match(line)
+        if match:
+            found[match.group(1)] = found.get(match.group(1), 0.0) + float(match.group(2))
+    return found
