@@ -52,7 +52,9 @@ def summarize(latencies_s: list[float]) -> dict[str, float]:
 
 
 def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:
-    """A coroutine function sending request ``i`` of a scenario; returns its item count."""
+    """A coroutine function sending request ``i`` of a scenario; returns its item count.
+
+    Every request is bounded by ``timeout_s`` (a lost answer is an error, not a hang)."""
     import tritonclient.grpc.aio as aio
 
     from vlpserve.dtypes import from_numpy
@@ -86,7 +88,12 @@ def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:
                 return scenario.items_per_request
         raise RuntimeError("stream ended without a final response")
 
-    return stream if scenario.streaming else infer
+    call = stream if scenario.streaming else infer
+
+    async def bounded(i: int) -> int:
+        return await asyncio.wait_for(call(i), timeout_s)
+
+    return bounded
 
 
 async def closed_loop(send: Send, concurrency: int, *, warmup_s: float, duration_s: float) -> Point:

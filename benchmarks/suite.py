@@ -67,6 +67,7 @@ class BenchOptions:
     workdir: Path = Path("build/bench")
     out: Path = Path("build/bench/report")
     size: Size = Size.BASE
+    device: str | None = None  # embedded deployment: "cpu" or "gpu"; default: gpu if CUDA
     baselines: bool = True
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
@@ -213,7 +214,11 @@ def run_bench(
         names = tuple(dict.fromkeys(CHECKPOINT_OF[s] for s in options.scenarios))
         progress(f"deploying {', '.join(names)} ({options.size.value})")
         repo, deployed = prepare_repository(
-            options.workdir, names, size=options.size, models=options.models
+            options.workdir,
+            names,
+            size=options.size,
+            models=options.models,
+            device=options.device or _default_device(),
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
         url, metrics_url = server.grpc_url, server.metrics_url
@@ -232,6 +237,7 @@ def run_bench(
             "warmup_s": options.warmup_s,
             "duration_s": options.duration_s,
             "command": options.command,
+            "device": options.device or _default_device(),
             "url": options.url or "embedded tritonserver",
         },
         "scenarios": {},
@@ -241,8 +247,11 @@ def run_bench(
     try:
         for name in options.scenarios:
             scenario = known.get(name)
-            if scenario is None or not stats_client.is_model_ready(scenario.model):
-                result["absent"][name] = f"{scenario.model if scenario else name} not served"
+            if scenario is None:
+                result["absent"][name] = "its tensors come from a local export: run without url"
+                continue
+            if not stats_client.is_model_ready(scenario.model):
+                result["absent"][name] = f"{scenario.model} not served"
                 continue
             progress(f"{name}: concurrency {list(options.concurrency)}")
             points = asyncio.run(_points(url, scenario, options, stats_client, deadline))
@@ -251,18 +260,28 @@ def run_bench(
                 "description": scenario.description,
                 "points": [p.as_dict() for p in points],
             }
-        if options.baselines and deployed:
-            progress("in-process baselines")
-            result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
     finally:
         stats_client.close()
         if server is not None:
             server.stop()
+    if options.baselines and deployed:
+        # After the server stops: the baselines then have the machine (CPU and memory) alone.
+        progress("in-process baselines")
+        result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
     result["comparisons"] = reports.comparisons(result)
     result["elapsed_s"] = time.monotonic() - started
     files = reports.write(result, options.out)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def _default_device() -> str:
+    try:
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    except ImportError:
+        return "cpu"
 
 
 def _with(options: BenchOptions, **changes: Any) -> BenchOptions:

@@ -161,6 +161,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         workdir=Path(args.workdir),
         out=Path(args.out),
         size=args.size,
+        device=args.device,
         baselines=not args.no_baselines,
         command="vlpserve " + " ".join(sys.argv[1:]),
     )
@@ -249,6 +250,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--url", default=None, help="a running server's gRPC host:port")
     bench.add_argument("--metrics-url", default=None, help="its metrics endpoint")
     bench.add_argument("--size", choices=["tiny", "base"], default="base")
+    bench.add_argument(
+        "--device", choices=["cpu", "gpu"], default=None, help="default: gpu if CUDA"
+    )
     bench.add_argument("--workdir", default="build/bench")
     bench.add_argument("--out", default="build/bench/report")
     bench.add_argument("--no-baselines", action="store_true")

@@ -78,6 +78,7 @@ def prepare_repository(
     *,
     size: Size = Size.BASE,
     models: dict[str, str] | None = None,
+    device: str = "cpu",
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (hub or seeded), exports (reused when current) and one repository.
 
@@ -93,7 +94,7 @@ def prepare_repository(
         family, hub_id, builder = CHECKPOINTS[name]
         source = (models or {}).get(name) or _checkpoint(workdir, hub_id, builder, size)
         export_dir = _export(workdir, family, name, source)
-        build_repository(RepositoryOptions(export_dir=export_dir, out=repo))
+        build_repository(RepositoryOptions(export_dir=export_dir, out=repo, device=device))
         deployed[name] = (source, export_dir)
     return repo, deployed
 

@@ -1,0 +1,112 @@
+"""The benchmark suite works and its report is well-formed (a seconds-long smoke run; no
+speed threshold: speed belongs in benchmarks, not in tests)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from vlpserve.benchmarks import ALL_SCENARIOS, BenchOptions, run_bench
+from vlpserve.benchmarks.triton_stats import parse_gpu_metrics
+from vlpserve.errors import ConfigError
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
+    report = run_bench(
+        BenchOptions(
+            url=triton.grpc_url,
+            metrics_url=triton.metrics_url,
+            scenarios=ALL_SCENARIOS,
+            concurrency=(1, 2),
+            rate_rps=4.0,
+            warmup_s=0.2,
+            duration_s=0.8,
+            baselines=False,
+            out=tmp_path,
+            command="pytest smoke",
+        )
+    )
+    # clip_image_tensor needs a local export to build its tensors: absent with a remote url.
+    assert set(report["scenarios"]) == set(ALL_SCENARIOS) - {"clip_image_tensor"}
+    for name, result in report["scenarios"].items():
+        modes = [(p["mode"], p["concurrency"] or p["rate_rps"]) for p in result["points"]]
+        assert modes == [("closed", 1), ("closed", 2), ("open", 4.0)], name
+        for point in result["points"]:
+            assert point["requests"] > 0 and point["errors"] == 0, (name, point)
+            assert point["items_per_s"] > 0
+            assert set(point["latency_ms"]) == {"p50", "p90", "p95", "p99", "max", "mean"}
+            assert point["latency_ms"]["p50"] <= point["latency_ms"]["max"]
+            served = point["triton"][result["model"]]
+            assert served["executions"] > 0 and served["compute_infer_ms"] > 0
+        assert "gpu" not in result["points"][0]["triton"]  # no GPU here, none reported
+    written = json.loads((tmp_path / "bench.json").read_text())
+    assert written["machine"]["cores"] >= 1 and written["versions"]["onnxruntime"]
+    markdown = (tmp_path / "bench.md").read_text()
+    assert "| clip_text | c=1 |" in markdown and "Triton's breakdown" in markdown
+    for name in report["scenarios"]:
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG)
+
+
+def test_embedded_server_with_baselines(tmp_path: Path) -> None:
+    report = run_bench(
+        BenchOptions(
+            scenarios=("clip_text", "clip_image_tensor"),
+            concurrency=(1,),
+            warmup_s=0.1,
+            duration_s=0.5,
+            size="tiny",
+            workdir=tmp_path / "work",
+            out=tmp_path / "report",
+        )
+    )
+    assert set(report["scenarios"]) == {"clip_text", "clip_image_tensor"}
+    for name in ("clip_text", "clip_image_tensor"):
+        engines = report["baselines"][name]
+        assert set(engines) == {"hf_eager", "onnxruntime"}
+        assert all(rate > 0 for rates in engines.values() for rate in rates.values())
+    rows = {(r["scenario"], r["baseline"]) for r in report["comparisons"]}
+    assert ("clip_text", "onnxruntime") in rows
+    assert "served / baseline" in (tmp_path / "report" / "bench.md").read_text()
+
+
+def test_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="unknown scenarios"):
+        BenchOptions(scenarios=("clip_video",))
+    with pytest.raises(ConfigError, match="concurrency"):
+        BenchOptions(concurrency=(0,))
+    with pytest.raises(ConfigError, match="rate_rps"):
+        BenchOptions(rate_rps=-1.0)
+
+
+def test_gpu_metrics_parsing() -> None:
+    text = (
+        "# HELP nv_gpu_utilization GPU utilization rate [0.0 - 1.0)\n"
+        'nv_gpu_utilization{gpu_uuid="GPU-1"} 0.75\n'
+        'nv_gpu_memory_used_bytes{gpu_uuid="GPU-1"} 1.5e+09\n'
+        'nv_inference_count{model="clip_text",version="1"} 12\n'
+    )
+    assert parse_gpu_metrics(text) == {
+        "nv_gpu_utilization": 0.75,
+        "nv_gpu_memory_used_bytes": 1.5e9,
+    }
+
+
+@pytest.mark.gpu
+def test_gpu_metrics_reported_on_gpu(triton, tmp_path: Path) -> None:
+    report = run_bench(
+        BenchOptions(
+            url=triton.grpc_url,
+            metrics_url=triton.metrics_url,
+            scenarios=("clip_image",),
+            concurrency=(1,),
+            warmup_s=0.1,
+            duration_s=0.5,
+            baselines=False,
+            out=tmp_path,
+        )
+    )
+    assert "nv_gpu_utilization" in report["scenarios"]["clip_image"]["points"][0]["triton"]["gpu"]
