@@ -73,7 +73,7 @@ def dual_encoder(
     from transformers import AutoModel, AutoProcessor
 
     device, dtype = _device()
-    model = AutoModel.from_pretrained(checkpoint, torch_dtype=dtype).to(device).eval()
+    model = AutoModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     text_graph = _ort(export_dir / "text_encoder" / "model.onnx")
     image_graph = _ort(export_dir / "image_encoder" / "model.onnx")
@@ -123,7 +123,7 @@ def groupvit_segment(
     from transformers import AutoProcessor, GroupViTModel
 
     device, dtype = _device()
-    model = GroupViTModel.from_pretrained(checkpoint, torch_dtype=dtype).to(device).eval()
+    model = GroupViTModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
     labels = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="pt")
     labels = {k: v.to(device) for k, v in labels.items()}
@@ -154,7 +154,7 @@ def blip_generate(
 
     device, dtype = _device()
     name = "BlipForConditionalGeneration" if kind == "caption" else "BlipForQuestionAnswering"
-    model = getattr(transformers, name).from_pretrained(checkpoint, torch_dtype=dtype)
+    model = getattr(transformers, name).from_pretrained(checkpoint, dtype=dtype)
     model = model.to(device).eval()
     processor = BlipProcessor.from_pretrained(checkpoint)
 

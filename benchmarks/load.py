@@ -117,7 +117,10 @@ async def closed_loop(send: Send, concurrency: int, *, warmup_s: float, duration
                 if len(samples) < 5:
                     samples.append(str(exc)[:300])
             t1 = time.monotonic()
-            if t0 >= measure_from and t1 <= measure_to:
+            # Requests that complete inside the window count (throughput = completions per
+            # second); ones that started in the warm-up count too, or requests longer than
+            # the window would never be counted.
+            if measure_from <= t1 <= measure_to:
                 counts["requests"] += 1
                 if ok:
                     latencies.append(t1 - t0)
