@@ -66,6 +66,12 @@ def gpu_metrics(metrics_url: str | None) -> dict[str, float]:
             text = answer.read().decode()
     except OSError:
         return {}
+    return parse_gpu_metrics(text)
+
+
+def parse_gpu_metrics(text: str) -> dict[str, float]:
+    """Sum of ``nv_gpu_utilization`` and ``nv_gpu_memory_used_bytes`` over the GPUs in a
+    Prometheus text page."""
     found: dict[str, float] = {}
     for line in text.splitlines():
         match = _METRIC.match(line)

@@ -40,8 +40,9 @@ def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
             assert point["items_per_s"] > 0
             assert set(point["latency_ms"]) == {"p50", "p90", "p95", "p99", "max", "mean"}
             assert point["latency_ms"]["p50"] <= point["latency_ms"]["max"]
-            served = point["triton"][result["model"]]
-            assert served["executions"] > 0 and served["compute_infer_ms"] > 0
+            stats = {model: s for model, s in point["triton"].items() if model != "gpu"}
+            assert stats, name  # Triton's breakdown of the models behind the scenario
+            assert any(s["executions"] > 0 and s["compute_infer_ms"] > 0 for s in stats.values())
         assert "gpu" not in result["points"][0]["triton"]  # no GPU here, none reported
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["machine"]["cores"] >= 1 and written["versions"]["onnxruntime"]

@@ -102,7 +102,7 @@ def test_groupvit_configs(python_repo: Path) -> None:
         ("scores", pb.TYPE_FP32, [-1]),
         ("fractions", pb.TYPE_FP32, [-1]),
     ]
-    assert segment.parameters["max_labels"].string_value == "8"
+    assert segment.parameters["max_labels"].string_value == "10"
     assert segment.parameters["text_model"].string_value == "groupvit_text"
 
 
