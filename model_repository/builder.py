@@ -358,7 +358,6 @@ class _BlipBuilder:
             "bos_token_id": str(self.report["bos_token_id"]),
             "sep_token_id": str(self.report["sep_token_id"]),
             "max_text_length": str(self.report["max_text_length"]),
-            "vision_model": self.models.graph("vision_encoder"),
         }
         required = {IMAGE, QUESTION} if self.report["kind"] == "vqa" else {IMAGE}
         optional = {t.name for t in contract.inputs} - required if generation else set()
