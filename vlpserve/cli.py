@@ -16,20 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from vlpserve import __version__
+from vlpserve.benchmarks.suite import ALL_SCENARIOS
 from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
 EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
-ALL_SCENARIO_NAMES = (
-    "clip_text",
-    "clip_image",
-    "clip_image_tensor",
-    "groupvit_segment",
-    "blip_caption",
-    "blip_caption_beam3",
-    "blip_itm",
-    "blip_vqa",
-)
 
 
 class _Progress:
@@ -240,7 +231,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenarios",
         default="clip_text,clip_image",
-        help="comma-separated, from: " + ", ".join(ALL_SCENARIO_NAMES),
+        help="comma-separated, from: " + ", ".join(ALL_SCENARIOS),
     )
     bench.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     bench.add_argument("--rate", type=float, default=None, help="open loop: requests/s")
