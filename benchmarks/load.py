@@ -29,7 +29,8 @@ class Point:
     errors: int
     latency_ms: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
-    triton: dict[str, Any] = field(default_factory=dict)
+    triton: dict[str, Any] = field(default_factory=dict)  # per model: triton_stats.delta
+    gpu: dict[str, float] = field(default_factory=dict)  # GPU metrics, where a GPU exists
 
     @property
     def items_per_s(self) -> float:

@@ -95,15 +95,18 @@ def markdown(report: dict[str, Any]) -> str:
             breakdown.append(
                 f"| {name} (c={best['concurrency']}) | {model} | {s['queue_ms']:.2f} | "
                 f"{s['compute_input_ms']:.2f} | {s['compute_infer_ms']:.2f} | "
-                f"{s['compute_output_ms']:.2f} | {s['mean_batch']:.2f} |"
+                f"{s['compute_output_ms']:.2f} | {s['mean_batch']:.2f} | "
+                f"{s['utilization']:.2f} |"
             )
     if breakdown:
         lines += [
             "",
-            "Triton's breakdown at the best point (ms per request; mean executed batch):",
+            "Triton's breakdown at the best point (ms per request; mean executed batch; "
+            "utilisation: time executing over the point's window, 1.0 per busy instance):",
             "",
-            "| scenario | model | queue | compute input | compute infer | compute output | batch |",
-            "|---|---|---|---|---|---|---|",
+            "| scenario | model | queue | compute input | compute infer | compute output | batch "
+            "| utilisation |",
+            "|---|---|---|---|---|---|---|---|",
             *breakdown,
         ]
     return "\n".join(lines) + "\n"

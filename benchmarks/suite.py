@@ -138,6 +138,7 @@ async def _points(
                 logger.warning("%s: time budget spent, %s %s skipped", scenario.name, mode, value)
                 continue
             before = triton_stats.snapshot(stats_client, scenario.stats_models)
+            window_start = time.monotonic()
             if mode == "closed":
                 point = await closed_loop(
                     send, int(value), warmup_s=options.warmup_s, duration_s=options.duration_s
@@ -147,10 +148,9 @@ async def _points(
                     send, value, warmup_s=options.warmup_s, duration_s=options.duration_s
                 )
             after = triton_stats.snapshot(stats_client, scenario.stats_models)
-            point.triton = triton_stats.delta(before, after)
-            gpu = triton_stats.gpu_metrics(options.metrics_url)
-            if gpu:
-                point.triton["gpu"] = gpu
+            window_s = time.monotonic() - window_start
+            point.triton = triton_stats.delta(before, after, window_s)
+            point.gpu = triton_stats.gpu_metrics(options.metrics_url)
             points.append(point)
     finally:
         await client.close()

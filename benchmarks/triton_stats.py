@@ -26,9 +26,13 @@ def _ns(entry: dict[str, Any], key: str) -> tuple[int, int]:
     return int(value.get("count", 0)), int(value.get("ns", 0))
 
 
-def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per model: requests, executions, mean batch, mean ms per request of each phase, and
-    the batch sizes executed (size -> executions) during the point."""
+def delta(
+    before: dict[str, Any], after: dict[str, Any], window_s: float
+) -> dict[str, dict[str, Any]]:
+    """Per model: requests, executions, mean batch, mean ms per request of each phase, the
+    batch sizes executed (size -> executions), the time spent executing them (busy_s) and
+    that time over the ``window_s`` between the snapshots (utilization: 1.0 per instance
+    busy all the time)."""
     out: dict[str, dict[str, Any]] = {}
     for model, end in after.items():
         start = before.get(model, {})
@@ -40,6 +44,7 @@ def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, 
         executions = int(end.get("execution_count", 0)) - int(start.get("execution_count", 0))
         inferences = int(end.get("inference_count", 0)) - int(start.get("inference_count", 0))
         sizes: dict[int, int] = {}
+        busy_ns = 0
         earlier = {int(b["batch_size"]): b for b in start.get("batch_stats", [])}
         for batch in end.get("batch_stats", []):
             size = int(batch["batch_size"])
@@ -47,11 +52,16 @@ def delta(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, 
             count -= int(earlier.get(size, {}).get("compute_infer", {}).get("count", 0))
             if count:
                 sizes[size] = count
+            for phase in ("compute_input", "compute_infer", "compute_output"):
+                busy_ns += int(batch.get(phase, {}).get("ns", 0))
+                busy_ns -= int(earlier.get(size, {}).get(phase, {}).get("ns", 0))
         out[model] = {
             "requests": _ns(end, "success")[0] - _ns(start, "success")[0],
             "executions": executions,
             "mean_batch": inferences / executions if executions else 0.0,
             "batch_sizes": sizes,
+            "busy_s": busy_ns / 1e9,
+            "utilization": busy_ns / 1e9 / window_s if window_s > 0 else 0.0,
         } | phases
     return out
 

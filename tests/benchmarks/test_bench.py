@@ -40,10 +40,12 @@ def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
             assert point["items_per_s"] > 0
             assert set(point["latency_ms"]) == {"p50", "p90", "p95", "p99", "max", "mean"}
             assert point["latency_ms"]["p50"] <= point["latency_ms"]["max"]
-            stats = {model: s for model, s in point["triton"].items() if model != "gpu"}
+            stats = point["triton"]
             assert stats, name  # Triton's breakdown of the models behind the scenario
             assert any(s["executions"] > 0 and s["compute_infer_ms"] > 0 for s in stats.values())
-        assert "gpu" not in result["points"][0]["triton"]  # no GPU here, none reported
+            assert all(0 <= s["utilization"] <= 1.5 for s in stats.values()), stats
+            assert all(s["busy_s"] >= 0 for s in stats.values())
+        assert result["points"][0]["gpu"] == {}  # no GPU here, none reported
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["machine"]["cores"] >= 1 and written["versions"]["onnxruntime"]
     markdown = (tmp_path / "bench.md").read_text()
@@ -110,4 +112,4 @@ def test_gpu_metrics_reported_on_gpu(triton, tmp_path: Path) -> None:
             out=tmp_path,
         )
     )
-    assert "nv_gpu_utilization" in report["scenarios"]["clip_image"]["points"][0]["triton"]["gpu"]
+    assert "nv_gpu_utilization" in report["scenarios"]["clip_image"]["points"][0]["gpu"]
