@@ -7,6 +7,8 @@ native ONNX Runtime backend with TensorRT / CUDA accelerators on GPU (NGC contai
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -15,11 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from vlpserve.contract import (
+    ATTENTION_MASK,
     FRACTIONS,
     IMAGE,
+    INPUT_IDS,
     LABEL_MAP,
     LABELS,
     PARAM_LOGIT_SCALE,
+    PARAM_PAD_VALUES,
     PIXEL_VALUES,
     QUESTION,
     SCORES,
@@ -61,7 +66,11 @@ class RepositoryOptions:
     runtime: Runtime = Runtime.PYTHON
     device: Device | None = None  # default: CPU for python, GPU for onnxruntime
     max_batch_size: int = 64
-    max_queue_delay_us: int = 2000
+    # 0: an idle instance runs what is queued at once, and under load requests queue while
+    # it is busy, so batches still form. Measured on the 2-core CPU machine (RESULTS.md):
+    # 2 ms at both ensemble steps added about 5 ms to a batch-1 text round trip and did not
+    # raise throughput at concurrency 32.
+    max_queue_delay_us: int = 0
     encoder_instances: int = 1
     preprocess_instances: int = 1
     max_labels: int = 64  # GroupViT segmentation: labels per request
@@ -169,6 +178,10 @@ class _Builder:
                         },
                     ),
                 )
+        parameters = dict(self.parameters)
+        if backend == "python" and contract.name == self.models.text_encoder.name:
+            inputs, pads = self.ragged_tokens(inputs, outputs)
+            parameters[PARAM_PAD_VALUES] = json.dumps(pads)
         return ModelConfig(
             name=contract.name,
             backend=backend,
@@ -178,9 +191,29 @@ class _Builder:
             batching=self.batching,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
-            parameters=self.parameters,
+            parameters=parameters,
             gpu_accelerators=accelerators,
         )
+
+    def ragged_tokens(
+        self, inputs: tuple[TensorConfig, ...], outputs: tuple[TensorConfig, ...]
+    ) -> tuple[tuple[TensorConfig, ...], dict[str, int]]:
+        """Token inputs marked ragged, and the value that pads each to a common length.
+
+        The tokenizer pads the texts of one ``execute`` to one length, but each execute has
+        its own length, and Triton's batcher merges only equal shapes: without this, the
+        encoder ran batches of about 2.5 at concurrency 16 (benchmarks/RESULTS.md). With
+        ragged inputs the batcher merges them and onnx_model pads to the longest, which the
+        tokenizer already does within an execute: for CLIP-like text towers the pooled
+        position and the causal mask make padding exact.
+        """
+        if any(len(t.dims) != 1 for t in outputs):
+            raise RepositoryError("ragged token inputs need outputs without a sequence axis")
+        pads = {INPUT_IDS: int(self.report["pad_token_id"]), ATTENTION_MASK: 0}
+        missing = set(pads) - {t.name for t in inputs}
+        if missing:
+            raise RepositoryError(f"text encoder lacks inputs {sorted(missing)}")
+        return tuple(dataclasses.replace(t, ragged=t.name in pads) for t in inputs), pads
 
     def tokenizer(self, text_encoder: ModelConfig) -> ModelConfig:
         contract = self.models.tokenizer
@@ -195,7 +228,7 @@ class _Builder:
             backend="python",
             max_batch_size=self.options.max_batch_size,
             inputs=(TensorConfig(name=TEXT, dtype="object", dims=(1,)),),
-            outputs=text_encoder.inputs,
+            outputs=tuple(dataclasses.replace(t, ragged=False) for t in text_encoder.inputs),
             batching=self.batching,
             instances=self.options.preprocess_instances,
             parameters={

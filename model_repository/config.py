@@ -42,6 +42,9 @@ class TensorConfig:
     dtype: str
     dims: tuple[int, ...]
     optional: bool = False
+    # Inputs only: requests whose shapes differ in this tensor may share a batch (the model
+    # pads them itself), Triton's allow_ragged_batch.
+    ragged: bool = False
 
     def __post_init__(self) -> None:
         from_numpy(self.dtype)  # raises ConfigError for an unknown type
@@ -105,6 +108,8 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: instances must be >= 1")
         if self.batching and self.max_batch_size == 0:
             raise ConfigError(f"{self.name}: dynamic batching needs max_batch_size > 0")
+        if any(t.ragged for t in self.outputs):
+            raise ConfigError(f"{self.name}: only inputs can be ragged")
 
     def to_proto(self) -> pb.ModelConfig:
         """The ``model_config_pb2.ModelConfig`` message."""
@@ -117,6 +122,8 @@ class ModelConfig:
                 item.dims.extend(tensor.dims)
                 if tensor.optional:
                     item.optional = True
+                if tensor.ragged:
+                    item.allow_ragged_batch = True
         for key, value in self.parameters.items():
             msg.parameters[key].string_value = value
         if self.steps:

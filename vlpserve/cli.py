@@ -210,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--runtime", choices=["python", "onnxruntime"], default="python")
     build.add_argument("--device", choices=["cpu", "gpu"], default=None)
     build.add_argument("--max-batch-size", type=int, default=64)
-    build.add_argument("--max-queue-delay-us", type=int, default=2000)
+    build.add_argument("--max-queue-delay-us", type=int, default=0)
     build.add_argument("--encoder-instances", type=int, default=1)
     build.add_argument("--preprocess-instances", type=int, default=1)
     build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")

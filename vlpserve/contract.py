@@ -71,6 +71,8 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 
 # Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
 PARAM_LOGIT_SCALE = "logit_scale"
+# JSON {input name: pad value}: inputs the model pads to the longest of a batch (ragged).
+PARAM_PAD_VALUES = "pad_values"
 
 
 @dataclass(frozen=True)

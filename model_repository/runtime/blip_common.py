@@ -13,18 +13,6 @@ from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePrepro
 from vlpserve.model_repository.runtime.text import decode_texts
 
 
-def session(path: Path, *, on_gpu: bool = False, threads: int = 0) -> Any:
-    """An ONNX Runtime session (CUDA first when the instance is on a GPU and ORT has it)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), options, providers=providers)
-
-
 def feeds_for(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The feeds a graph takes, token ids cast to the graph's id type (int64 or int32)."""
     out = {}
@@ -34,14 +22,6 @@ def feeds_for(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             value = value.astype(np.int32)
         out[spec.name] = value
     return out
-
-
-def providers(on_gpu: bool) -> list[Any]:
-    import onnxruntime as ort
-
-    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
 
 
 class BlipText:

@@ -37,8 +37,6 @@ from vlpserve.model_repository.runtime.blip_common import (
     load_images,
     one_number,
     one_text,
-    providers,
-    session,
 )
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.generation import (
@@ -47,6 +45,7 @@ from vlpserve.model_repository.runtime.generation import (
     GenerationParams,
     Job,
 )
+from vlpserve.model_repository.runtime.sessions import ort_session
 from vlpserve.model_repository.runtime.triton import ModelArgs
 
 logger = logging.getLogger(__name__)
@@ -131,16 +130,16 @@ class TritonPythonModel:
         self.max_length = int(model.parameter("max_text_length"))
         self.text = BlipText(folder / "tokenizer")
         self.images = load_images(folder)
-        self.vision = session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
+        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
         self.question_encoder = (
-            session(folder / "question_encoder.onnx", on_gpu=model.on_gpu)
+            ort_session(folder / "question_encoder.onnx", on_gpu=model.on_gpu)
             if self.kind == "vqa"
             else None
         )
         graphs = DecoderGraphs(
             folder / "decoder_first.onnx",
             folder / "decoder_step.onnx",
-            providers=providers(model.on_gpu),
+            on_gpu=model.on_gpu,
         )
         self.engine = Engine(
             graphs,

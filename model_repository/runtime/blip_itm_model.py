@@ -27,9 +27,9 @@ from vlpserve.model_repository.runtime.blip_common import (
     BlipText,
     feeds_for,
     load_images,
-    session,
 )
 from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.model_repository.runtime.sessions import ort_session
 from vlpserve.model_repository.runtime.text import decode_texts
 from vlpserve.model_repository.runtime.triton import (
     ModelArgs,
@@ -48,9 +48,9 @@ class TritonPythonModel:
         folder = model.version_dir
         self.text = BlipText(folder / "tokenizer")
         self.images = load_images(folder)
-        self.vision = session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
-        self.itm = session(folder / "itm_head.onnx", on_gpu=model.on_gpu)
-        self.text_feat = session(folder / "text_feat.onnx", on_gpu=model.on_gpu)
+        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
+        self.itm = ort_session(folder / "itm_head.onnx", on_gpu=model.on_gpu)
+        self.text_feat = ort_session(folder / "text_feat.onnx", on_gpu=model.on_gpu)
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
 
     def _parse(self, request: Any) -> tuple[list[np.ndarray], list[str]]:

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -28,6 +27,7 @@ from vlpserve.contract import (
     POSITION_IDS,
     cache_names,
 )
+from vlpserve.model_repository.runtime.sessions import ort_session
 
 logger = logging.getLogger(__name__)
 
@@ -219,16 +219,9 @@ def make_search(prompt: list[int], params: GenerationParams, eos: int) -> Search
 class DecoderGraphs:
     """The exported ``decoder_first`` and ``decoder_step`` graphs in ONNX Runtime."""
 
-    def __init__(
-        self, first: Path, step: Path, *, threads: int = 0, providers: list[Any] | None = None
-    ) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        providers = providers or ["CPUExecutionProvider"]
-        self.first = ort.InferenceSession(str(first), options, providers=providers)
-        self.step = ort.InferenceSession(str(step), options, providers=providers)
+    def __init__(self, first: Path, step: Path, *, on_gpu: bool = False, threads: int = 0) -> None:
+        self.first = ort_session(first, on_gpu=on_gpu, threads=threads)
+        self.step = ort_session(step, on_gpu=on_gpu, threads=threads)
         step_inputs = {i.name: i for i in self.step.get_inputs()}
         self.layers = sum(1 for name in step_inputs if name.endswith(".key")) // 2
         self.self_names, self.cross_names = cache_names(self.layers)

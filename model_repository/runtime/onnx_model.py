@@ -2,17 +2,21 @@
 
 The embedded tritonserver (nvidia-pytriton) ships only the Python backend; this model gives
 it the same contract as Triton's native ONNX Runtime backend: requests whose non-batch
-shapes agree are concatenated and run as one batch, then split back.
+shapes agree are concatenated and run as one batch, then split back. Inputs named in the
+``pad_values`` parameter (token ids and masks, marked ragged in config.pbtxt) are first
+padded along axis 1 to the longest of the batch, so texts of different lengths share a batch.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from vlpserve.contract import PARAM_PAD_VALUES
+from vlpserve.model_repository.runtime.sessions import ort_session
 from vlpserve.model_repository.runtime.triton import (
     ModelArgs,
     input_array,
@@ -31,17 +35,16 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = int(model.parameter("intra_op_threads", "0"))
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        providers: list[Any] = ["CPUExecutionProvider"]
-        if model.on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": model.device_id}))
-        self.session = ort.InferenceSession(
-            str(model.version_dir / GRAPH_FILE), options, providers=providers
+        self.session = ort_session(
+            model.version_dir / GRAPH_FILE,
+            on_gpu=model.on_gpu,
+            device_id=model.device_id,
+            threads=int(model.parameter("intra_op_threads", "0")),
+            spin=model.parameter("intra_op_spinning", "1") == "1",
         )
         self.inputs = [i["name"] for i in model.config["input"]]
         self.outputs = [o["name"] for o in model.config["output"]]
+        self.pad_values: dict[str, int] = json.loads(model.parameter(PARAM_PAD_VALUES, "{}"))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
@@ -52,12 +55,16 @@ class TritonPythonModel:
             except ValueError as exc:
                 responses[index] = invalid_argument(str(exc))
                 continue
-            key = tuple(feeds[name].shape[1:] for name in self.inputs)
+            key = tuple(
+                feeds[name].shape[2:] if name in self.pad_values else feeds[name].shape[1:]
+                for name in self.inputs
+            )
             groups.setdefault(key, []).append((index, feeds))
         for members in groups.values():
             counts = [len(next(iter(feeds.values()))) for _, feeds in members]
             batch = {
-                name: np.concatenate([feeds[name] for _, feeds in members]) for name in self.inputs
+                name: self._concatenate(name, [feeds[name] for _, feeds in members])
+                for name in self.inputs
             }
             try:
                 results = self.session.run(self.outputs, batch)
@@ -75,3 +82,16 @@ class TritonPythonModel:
                     }
                 )
         return responses
+
+    def _concatenate(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
+        pad = self.pad_values.get(name)
+        if pad is None or len({a.shape[1] for a in arrays}) == 1:
+            return np.concatenate(arrays)
+        length = max(a.shape[1] for a in arrays)
+        rows = sum(len(a) for a in arrays)
+        out = np.full((rows, length, *arrays[0].shape[2:]), pad, dtype=arrays[0].dtype)
+        row = 0
+        for array in arrays:
+            out[row : row + len(array), : array.shape[1]] = array
+            row += len(array)
+        return out

@@ -176,6 +176,39 @@ def test_bad_request_fails_alone_in_its_batch(triton, photos) -> None:
         assert "IMAGE item 0" in error.message()
 
 
+def test_texts_of_different_lengths_share_an_encoder_batch(triton, reference) -> None:
+    """Token tensors of different lengths, sent together straight to the encoder, run in
+    one batch (ragged inputs, padded by the model) and each equals PyTorch's embedding."""
+    import tritonclient.grpc as grpcclient
+
+    texts = ["a cat", "a photo of a dog on the grass", "sky", "a red car parked by a wall"]
+    model = "clip_text_encoder"
+    before = _execution_count(triton.grpc_url, model)
+    results: dict[int, object] = {}
+    clients = []
+    for index, text in enumerate(texts):
+        ids = reference.tokenizer([text], return_tensors="np")["input_ids"].astype(np.int64)
+        tensors = []
+        for name, value in (("input_ids", ids), ("attention_mask", np.ones_like(ids))):
+            tensor = grpcclient.InferInput(name, list(value.shape), "INT64")
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        client = grpcclient.InferenceServerClient(triton.grpc_url)
+        clients.append(client)
+        client.async_infer(
+            model, tensors, lambda result, error, i=index: results.__setitem__(i, result or error)
+        )
+    deadline = time.monotonic() + 60
+    while len(results) < len(texts) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(results) == len(texts), "not every request was answered"
+    after = _execution_count(triton.grpc_url, model)
+    assert after[1] - before[1] == len(texts)
+    assert after[0] - before[0] < len(texts)  # lengths 4 to 10 tokens, batched together
+    served = np.concatenate([results[i].as_numpy("text_embeds") for i in range(len(texts))])  # type: ignore[union-attr]
+    assert _cosines(served, reference.text_embeds(texts)).min() >= COSINE
+
+
 def test_deadline_exceeded(triton, photos) -> None:
     with Client(triton.grpc_url, timeout_s=0.001) as client, pytest.raises(DeadlineExceeded):
         client.embed_images([photos["astronaut.png"]] * 3)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from vlpserve.contract import blip_models, embedding_models
@@ -52,6 +54,9 @@ def test_invalid_configs_rejected() -> None:
         )
     with pytest.raises(ConfigError, match="backend or ensemble"):
         ModelConfig(name="m", max_batch_size=1, inputs=x, outputs=x)
+    ragged = (TensorConfig(name="y", dtype="int64", dims=(-1,), ragged=True),)
+    with pytest.raises(ConfigError, match="only inputs can be ragged"):
+        ModelConfig(name="m", backend="python", max_batch_size=1, inputs=x, outputs=ragged)
 
 
 @pytest.mark.parametrize("fixture", ["python_repo", "onnxruntime_repo"])
@@ -75,6 +80,9 @@ def test_onnxruntime_flavour_configs(onnxruntime_repo: Path, clip_export: Path) 
     assert [t.name for t in encoder.input] == ["pixel_values"]
     assert list(encoder.input[0].dims) == [3, 224, 224]
     assert list(encoder.output[0].dims) == [16]
+    text_encoder = read_config(onnxruntime_repo / "clip_text_encoder" / "config.pbtxt")
+    # The native backend would flatten ragged inputs to 1-D: there, the tokenizer pads.
+    assert not any(t.allow_ragged_batch for t in text_encoder.input)
     assert float(encoder.parameters["logit_scale"].string_value) > 1
     assert encoder.dynamic_batching.max_queue_delay_microseconds > 0
     text = read_config(onnxruntime_repo / "clip_text" / "config.pbtxt")
@@ -110,10 +118,15 @@ def test_python_flavour_configs(python_repo: Path) -> None:
     encoder = read_config(python_repo / "clip_text_encoder" / "config.pbtxt")
     assert encoder.backend == "python"
     assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_CPU
-    assert [(t.name, list(t.dims)) for t in encoder.input] == [
-        ("input_ids", [-1]),
-        ("attention_mask", [-1]),
+    assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in encoder.input] == [
+        ("input_ids", [-1], True),  # texts of different lengths share a batch ...
+        ("attention_mask", [-1], True),
     ]
+    # ... padded by the model with the tokenizer's pad id and a zero mask
+    pads = json.loads(encoder.parameters["pad_values"].string_value)
+    assert pads == {"input_ids": 49407, "attention_mask": 0}
+    image = read_config(python_repo / "clip_image_encoder" / "config.pbtxt")
+    assert not any(t.allow_ragged_batch for t in image.input)
     tokenizer = read_config(python_repo / "clip_tokenizer" / "config.pbtxt")
     assert tokenizer.parameters["max_length"].string_value == "77"
     assert tokenizer.parameters["pad_token_id"].string_value == "49407"
@@ -141,3 +154,19 @@ def test_validate_rejects_non_repository(tmp_path: Path) -> None:
         validate_repository(tmp_path)
     with pytest.raises(RepositoryError, match="not a folder"):
         validate_repository(tmp_path / "nope")
+
+
+def test_zero_queue_delay_keeps_dynamic_batching() -> None:
+    """The default delay is 0: the message must still say dynamic batching is on."""
+    x = (TensorConfig(name="x", dtype="float32", dims=(1,)),)
+    config = ModelConfig(
+        name="m",
+        backend="python",
+        max_batch_size=4,
+        inputs=x,
+        outputs=x,
+        batching=Batching(max_queue_delay_us=0),
+    )
+    parsed = text_format.Parse(to_text(config.to_proto()), pb.ModelConfig())
+    assert parsed.HasField("dynamic_batching")
+    assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
