@@ -46,7 +46,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"# vlpserve bench ({report['started']})",
         "",
         f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
-        f"size {report['settings']['size']}; command: `{report['settings']['command']}`",
+        f"size {report['settings']['size']}; precision {report['settings'].get('precision')}; "
+        f"command: `{report['settings']['command']}`",
         "",
         "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms "
         "| errors |",
@@ -62,6 +63,20 @@ def markdown(report: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {p['errors']} |"
             )
+    graphs = report.get("graphs", {})
+    if graphs:
+        lines += [
+            "",
+            "Graphs served, against PyTorch fp32 (export parity, worst case):",
+            "",
+            "| checkpoint | graph | precision | min cosine | max abs diff |",
+            "|---|---|---|---|---|",
+        ]
+        for name, entries in graphs.items():
+            for graph, g in entries.items():
+                cosine = "n/a" if g["cosine_min"] is None else f"{g['cosine_min']:.6f}"
+                diff = "n/a" if g["max_abs_diff"] is None else f"{g['max_abs_diff']:.2e}"
+                lines.append(f"| {name} | {graph} | {g['precision']} | {cosine} | {diff} |")
     absent = report.get("absent", {})
     if absent:
         lines += ["", "Absent (not served): " + ", ".join(f"{k} ({v})" for k, v in absent.items())]

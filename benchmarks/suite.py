@@ -22,6 +22,7 @@ from vlpserve.benchmarks.load import Point, closed_loop, open_loop, sender
 from vlpserve.benchmarks.scenarios import Scenario, build_scenarios
 from vlpserve.errors import ConfigError
 from vlpserve.export.checkpoints import Size
+from vlpserve.export.common import Precision, read_report
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class BenchOptions:
     size: Size = Size.BASE
     device: str | None = None  # embedded deployment: "cpu" or "gpu"; default: gpu if CUDA
     baselines: bool = True
+    precision: Precision = Precision.FP32  # of the graphs the embedded deployment exports
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
 
@@ -83,6 +85,7 @@ class BenchOptions:
         if self.rate_rps is not None and self.rate_rps <= 0:
             raise ConfigError("rate_rps must be > 0")
         object.__setattr__(self, "size", Size(self.size))
+        object.__setattr__(self, "precision", Precision(self.precision))
         object.__setattr__(self, "workdir", Path(self.workdir))
         object.__setattr__(self, "out", Path(self.out))
 
@@ -219,6 +222,7 @@ def run_bench(
             size=options.size,
             models=options.models,
             device=options.device or _default_device(),
+            precision=options.precision,
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
         url, metrics_url = server.grpc_url, server.metrics_url
@@ -238,8 +242,10 @@ def run_bench(
             "duration_s": options.duration_s,
             "command": options.command,
             "device": options.device or _default_device(),
+            "precision": options.precision.value if deployed else "as served",
             "url": options.url or "embedded tritonserver",
         },
+        "graphs": graph_accuracy(deployed),
         "scenarios": {},
         "absent": {},
         "baselines": {},
@@ -273,6 +279,22 @@ def run_bench(
     files = reports.write(result, options.out)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def graph_accuracy(deployed: dict[str, tuple[str, Path]]) -> dict[str, dict[str, Any]]:
+    """Per deployed checkpoint and graph: precision and the export's parity against PyTorch
+    fp32 (worst cosine and max abs diff over its checks), i.e. what a variant costs in
+    accuracy."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, (_, export_dir) in deployed.items():
+        for graph, entry in read_report(export_dir)["graphs"].items():
+            checks = entry.get("parity", {}).values()
+            out.setdefault(name, {})[graph] = {
+                "precision": entry["precision"],
+                "cosine_min": min((c["cosine_min"] for c in checks), default=None),
+                "max_abs_diff": max((c["max_abs_diff"] for c in checks), default=None),
+            }
+    return out
 
 
 def _default_device() -> str:

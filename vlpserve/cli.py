@@ -154,6 +154,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         size=args.size,
         device=args.device,
         baselines=not args.no_baselines,
+        precision=args.precision,
         command="vlpserve " + " ".join(sys.argv[1:]),
     )
     progress = _Progress("bench")
@@ -194,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--model", required=True, help="hub id or local checkpoint folder")
     export.add_argument("--out", required=True, type=Path)
     export.add_argument("--opset", type=int, default=17)
-    export.add_argument("--precision", choices=["fp32", "fp16"], default="fp32")
+    export.add_argument("--precision", choices=["fp32", "fp16", "int8"], default="fp32")
     export.add_argument("--keep-plain", action="store_true", help="keep the unfused graph too")
     export.add_argument("--no-optimize", action="store_true", help="skip ORT fusions")
     export.add_argument(
@@ -247,6 +248,12 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--workdir", default="build/bench")
     bench.add_argument("--out", default="build/bench/report")
     bench.add_argument("--no-baselines", action="store_true")
+    bench.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "int8"],
+        default="fp32",
+        help="of the graphs it exports and serves (int8: the CPU variant)",
+    )
     bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="export, build, serve and query CLIP, GroupViT, BLIP")

@@ -24,7 +24,7 @@ from vlpserve.export.checkpoints import (
     build_clip,
     build_groupvit,
 )
-from vlpserve.export.common import REPORT_FILE, ExportOptions, read_report
+from vlpserve.export.common import REPORT_FILE, ExportOptions, Precision, read_report
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
 
 # The checkpoints the demo and the benchmarks deploy: name -> (family, hub id, seeded builder).
@@ -79,8 +79,10 @@ def prepare_repository(
     size: Size = Size.BASE,
     models: dict[str, str] | None = None,
     device: str = "cpu",
+    precision: Precision = Precision.FP32,
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
-    """Checkpoints (hub or seeded), exports (reused when current) and one repository.
+    """Checkpoints (hub or seeded), exports at ``precision`` (reused when current) and one
+    repository.
 
     Returns:
         The repository and, per checkpoint name, its source and export folder.
@@ -93,23 +95,26 @@ def prepare_repository(
     for name in names:
         family, hub_id, builder = CHECKPOINTS[name]
         source = (models or {}).get(name) or _checkpoint(workdir, hub_id, builder, size)
-        export_dir = _export(workdir, family, name, source)
+        export_dir = _export(workdir, family, name, source, Precision(precision))
         build_repository(RepositoryOptions(export_dir=export_dir, out=repo, device=device))
         deployed[name] = (source, export_dir)
     return repo, deployed
 
 
-def _export(workdir: Path, family: Family, name: str, source: str) -> Path:
+def _export(workdir: Path, family: Family, name: str, source: str, precision: Precision) -> Path:
     from vlpserve.cli import _progress
     from vlpserve.export import export
 
-    export_dir = workdir / f"export-{name}"
-    if (export_dir / REPORT_FILE).is_file() and read_report(export_dir)["source"] == source:
-        print(f"reusing the export in {export_dir}")
-        return export_dir
-    bar, step = _progress(f"export {family.value}")
+    suffix = "" if precision is Precision.FP32 else f"-{precision.value}"
+    export_dir = workdir / f"export-{name}{suffix}"
+    if (export_dir / REPORT_FILE).is_file():
+        report = read_report(export_dir)
+        if report["source"] == source and report["precision"] == precision.value:
+            print(f"reusing the export in {export_dir}")
+            return export_dir
+    bar, step = _progress(f"export {family.value} ({precision.value})")
     try:
-        export(family, ExportOptions(model=source, out=export_dir), step)
+        export(family, ExportOptions(model=source, out=export_dir, precision=precision), step)
     finally:
         bar.close()
     return export_dir

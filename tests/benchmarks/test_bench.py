@@ -54,7 +54,8 @@ def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG)
 
 
-def test_embedded_server_with_baselines(tmp_path: Path) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_embedded_server_with_baselines(tmp_path: Path, precision: str) -> None:
     report = run_bench(
         BenchOptions(
             scenarios=("clip_text", "clip_image_tensor"),
@@ -64,9 +65,20 @@ def test_embedded_server_with_baselines(tmp_path: Path) -> None:
             size="tiny",
             workdir=tmp_path / "work",
             out=tmp_path / "report",
+            precision=precision,
         )
     )
     assert set(report["scenarios"]) == {"clip_text", "clip_image_tensor"}
+    assert report["settings"]["precision"] == precision
+    # What the variant costs in accuracy: each served graph against PyTorch fp32.
+    graphs = report["graphs"]["clip"]
+    assert set(graphs) == {"text_encoder", "image_encoder"}
+    for graph in graphs.values():
+        assert graph["precision"] == precision
+        assert graph["cosine_min"] >= (0.9999 if precision == "fp32" else 0.99)
+    assert (
+        f"| clip | image_encoder | {precision} |" in (tmp_path / "report" / "bench.md").read_text()
+    )
     for name in ("clip_text", "clip_image_tensor"):
         engines = report["baselines"][name]
         assert set(engines) == {"hf_eager", "onnxruntime"}

@@ -84,6 +84,30 @@ def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path) -> None:
         assert min(p["cosine_min"] for p in graph.parity.values()) >= 0.999
 
 
+def test_int8_variant_is_quantized_and_gated(
+    clip_checkpoint: Path, clip_export: Path, reference, photos, tmp_path: Path
+) -> None:
+    """int8: MatMul weights quantized, parity against PyTorch fp32 recorded and gated."""
+    import io
+
+    import onnx
+    from PIL import Image
+
+    report = export_clip(ExportOptions(model=str(clip_checkpoint), out=tmp_path, precision="int8"))
+    for name, graph in report["graphs"].items():
+        assert graph.precision == "int8"
+        ops = {node.op_type for node in onnx.load(str(tmp_path / graph.path)).graph.node}
+        assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops or "QAttention" in ops, name
+        assert min(p["cosine_min"] for p in graph.parity.values()) >= 0.99
+        int8_size = (tmp_path / graph.path).stat().st_size
+        assert int8_size < (clip_export / graph.path).stat().st_size, name
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
+    pixels = reference.processor(images=images, return_tensors="np")["pixel_values"]
+    session = ort_session(tmp_path / "image_encoder" / "model.onnx")
+    (got,) = session.run(None, {"pixel_values": pixels.astype(np.float32)})
+    assert compare(got, reference.image_embeds(images))["cosine_min"] >= 0.99
+
+
 def test_parity_failure_raises_with_numbers(clip_checkpoint: Path, clip_export: Path) -> None:
     from transformers import CLIPModel
 
