@@ -131,9 +131,10 @@ class TritonPythonModel:
                 responses[index] = internal_error(f"segmentation failed: {exc}")
             return responses
         row_of = {label: row for row, label in enumerate(unique)}
-        for position, index in enumerate(order):
-            image, labels = parsed[index]
-            result = segment(
+
+        def post_process(position: int) -> Any:
+            image, labels = parsed[order[position]]
+            return segment(
                 image_embeds=image_embeds[position],
                 group_embeds=group_embeds[position],
                 grouping=grouping[position],
@@ -142,6 +143,11 @@ class TritonPythonModel:
                 model_size=self.model_size,
                 image_size=(image.height, image.width),
             )
+
+        # On the decode threads: numpy's products and comparisons release the GIL, and the
+        # encoders are idle while this instance post-processes.
+        results = self.pool.map(post_process, range(len(order)))
+        for index, result in zip(order, results, strict=True):
             responses[index] = response(
                 {
                     LABEL_MAP: result.label_map[None],

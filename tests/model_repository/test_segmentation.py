@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vlpserve.model_repository.runtime.segmentation import bilinear_resize, segment
+from vlpserve.model_repository.runtime.segmentation import bilinear_resize, first_argmax, segment
 
 
 @pytest.mark.parametrize(
@@ -49,3 +49,13 @@ def test_composed_matrices_equal_two_resizes() -> None:
     rows = bilinear_matrix(224, 300) @ bilinear_matrix(14, 224)
     cols = bilinear_matrix(224, 451) @ bilinear_matrix(14, 224)
     np.testing.assert_allclose(rows @ grid @ cols.T, twice, atol=1e-4)
+
+
+def test_first_argmax_equals_numpy_with_ties() -> None:
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4, size=(7, 33, 50)).astype(np.float32)  # many ties
+    got = first_argmax(values)
+    assert got.dtype == np.int32
+    np.testing.assert_array_equal(got, values.argmax(axis=0))
+    one = rng.standard_normal((1, 5, 6)).astype(np.float32)
+    np.testing.assert_array_equal(first_argmax(one), np.zeros((5, 6), dtype=np.int32))
