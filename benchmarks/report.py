@@ -10,9 +10,18 @@ REPORT_JSON = "bench.json"
 REPORT_MD = "bench.md"
 
 
+def short_window(point: dict[str, Any]) -> bool:
+    """Whether a closed-loop point completed fewer than 2 requests per concurrent slot: its
+    requests are long against the window, so its rate is coarse (lengthen ``--duration``)."""
+    return point["mode"] == "closed" and point["requests"] < 2 * (point["concurrency"] or 1)
+
+
 def best_point(points: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The closed-loop point of highest throughput, among those whose window was long
+    enough when there are any."""
     closed = [p for p in points if p["mode"] == "closed" and p["requests"]]
-    return max(closed, key=lambda p: p["items_per_s"]) if closed else None
+    sound = [p for p in closed if not short_window(p)] or closed
+    return max(sound, key=lambda p: p["items_per_s"]) if sound else None
 
 
 def comparisons(report: dict[str, Any]) -> list[dict[str, Any]]:
@@ -56,6 +65,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, result in report["scenarios"].items():
         for p in result["points"]:
             load = f"c={p['concurrency']}" if p["mode"] == "closed" else f"{p['rate_rps']} req/s"
+            if short_window(p):
+                load += " (short window)"
             lat = p["latency_ms"]
             cells = [f"{lat.get(k, 0):.1f}" for k in ("p50", "p90", "p95", "p99", "max")]
             lines.append(
@@ -63,6 +74,12 @@ def markdown(report: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {p['errors']} |"
             )
+    if any(short_window(p) for r in report["scenarios"].values() for p in r["points"]):
+        lines += [
+            "",
+            "(short window): fewer than 2 completed requests per concurrent slot in the window;"
+            " its rate is coarse and it is not taken as a scenario's best point.",
+        ]
     graphs = report.get("graphs", {})
     if graphs:
         lines += [

@@ -11,10 +11,15 @@ _METRIC = re.compile(r"^(nv_gpu_utilization|nv_gpu_memory_used_bytes)\{[^}]*\} (
 
 
 def snapshot(client: Any, models: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Cumulative statistics of ``models`` (tritonclient.grpc client)."""
+    """Cumulative statistics of those of ``models`` the server has (tritonclient.grpc)."""
+    from tritonclient.utils import InferenceServerException
+
     out = {}
     for model in models:
-        stats = client.get_inference_statistics(model, as_json=True)
+        try:
+            stats = client.get_inference_statistics(model, as_json=True)
+        except InferenceServerException:
+            continue  # not in this repository (the other runtime's layout)
         entries = stats.get("model_stats", [])
         if entries:
             out[model] = entries[0]
@@ -29,10 +34,10 @@ def _ns(entry: dict[str, Any], key: str) -> tuple[int, int]:
 def delta(
     before: dict[str, Any], after: dict[str, Any], window_s: float
 ) -> dict[str, dict[str, Any]]:
-    """Per model: requests, executions, mean batch, mean ms per request of each phase, the
-    batch sizes executed (size -> executions), the time spent executing them (busy_s) and
-    that time over the ``window_s`` between the snapshots (utilization: 1.0 per instance
-    busy all the time)."""
+    """Per model that served requests: requests, executions, mean batch, mean ms per request
+    of each phase, the batch sizes executed (size -> executions), the time spent executing
+    them (busy_s) and that time over the ``window_s`` between the snapshots (utilization: 1.0
+    per instance busy all the time)."""
     out: dict[str, dict[str, Any]] = {}
     for model, end in after.items():
         start = before.get(model, {})
@@ -42,6 +47,8 @@ def delta(
             ns = _ns(end, phase)[1] - _ns(start, phase)[1]
             phases[f"{phase}_ms"] = ns / count / 1e6 if count else 0.0
         executions = int(end.get("execution_count", 0)) - int(start.get("execution_count", 0))
+        if executions == 0 and _ns(end, "success")[0] == _ns(start, "success")[0]:
+            continue  # not on this scenario's path (a runtime's unused model)
         inferences = int(end.get("inference_count", 0)) - int(start.get("inference_count", 0))
         sizes: dict[int, int] = {}
         busy_ns = 0

@@ -284,6 +284,31 @@ class _Builder:
             ),
         )
 
+    def text_model(self, tokenizer: ModelConfig, text_encoder: ModelConfig) -> ModelConfig:
+        """``<family>_text`` of the python runtime: tokenizer and graph in one model (one
+        Python-backend hop fewer than the ensemble), same inputs, outputs and parameters."""
+        contract = self.models.text
+        version_dir = _fresh_model_dir(self.options.out, contract.name)
+        shutil.copytree(
+            self.options.out / tokenizer.name / "1" / "tokenizer", version_dir / "tokenizer"
+        )
+        _link_or_copy(
+            self.options.export_dir / "text_encoder" / GRAPH_FILE, version_dir / GRAPH_FILE
+        )
+        self.python_model("text_model", version_dir)
+        wanted = set(contract.output_names())
+        return ModelConfig(
+            name=contract.name,
+            backend="python",
+            max_batch_size=self.options.max_batch_size,
+            inputs=tokenizer.inputs,
+            outputs=tuple(t for t in text_encoder.outputs if t.name in wanted),
+            batching=self.batching,
+            instances=self.options.encoder_instances,
+            device=self.options.device or Device.CPU,
+            parameters=dict(self.parameters) | dict(tokenizer.parameters),
+        )
+
     def segment(self) -> ModelConfig:
         """GroupViT's segmentation model: BLS over the image encoder and the raw text model."""
         contract = self.models.segment
@@ -320,12 +345,17 @@ class _Builder:
         image_encoder = self.encoder(self.models.image_encoder, "image_encoder")
         tokenizer = self.tokenizer(text_encoder)
         preprocessor = self.image_preprocessor(image_encoder)
+        text = (
+            self.text_model(tokenizer, text_encoder)
+            if self.options.runtime is Runtime.PYTHON
+            else self.ensemble(self.models.text, tokenizer, text_encoder)
+        )
         configs = [
             text_encoder,
             image_encoder,
             tokenizer,
             preprocessor,
-            self.ensemble(self.models.text, tokenizer, text_encoder),
+            text,
             self.ensemble(self.models.image, preprocessor, image_encoder),
         ]
         if self.models.family is Family.GROUPVIT:

@@ -7,7 +7,8 @@ Every family has two levels:
 
 * tensor level: the exported graphs (``<family>_text_encoder``, ``<family>_image_encoder``);
 * raw level: text as BYTES and encoded images as BYTES (``<family>_text``, ``<family>_image``),
-  served as ensembles over Python-backend pre-processing models.
+  served as ensembles over Python-backend pre-processing models (``<family>_text`` in the
+  ``python`` runtime: one model that tokenizes and runs the graph).
 """
 
 from __future__ import annotations

@@ -125,3 +125,33 @@ def test_gpu_metrics_reported_on_gpu(triton, tmp_path: Path) -> None:
         )
     )
     assert "nv_gpu_utilization" in report["scenarios"]["clip_image"]["points"][0]["gpu"]
+
+
+def test_short_window_points_are_marked_and_not_best() -> None:
+    from vlpserve.benchmarks.report import best_point, markdown
+
+    def point(concurrency: int, requests: int, rate: float) -> dict:
+        return {
+            "mode": "closed",
+            "concurrency": concurrency,
+            "rate_rps": None,
+            "requests": requests,
+            "items_per_s": rate,
+            "requests_per_s": rate,
+            "errors": 0,
+            "latency_ms": {"p50": 1.0},
+            "triton": {},
+        }
+
+    sound, coarse = point(4, 40, 10.0), point(64, 70, 12.0)  # 70 < 2 x 64 completions
+    assert best_point([sound, coarse]) is sound
+    assert best_point([coarse]) is coarse  # nothing better to offer
+    report = {
+        "started": "now",
+        "machine": {"cpu": "cpu", "cores": 2, "gpu": None},
+        "settings": {"size": "tiny", "command": "test"},
+        "scenarios": {"clip_text": {"points": [sound, coarse]}},
+    }
+    text = markdown(report)
+    assert "| clip_text | c=64 (short window) |" in text
+    assert "| clip_text | c=4 |" in text and "fewer than 2 completed requests" in text

@@ -130,6 +130,15 @@ def test_python_flavour_configs(python_repo: Path) -> None:
     tokenizer = read_config(python_repo / "clip_tokenizer" / "config.pbtxt")
     assert tokenizer.parameters["max_length"].string_value == "77"
     assert tokenizer.parameters["pad_token_id"].string_value == "49407"
+    # clip_text: tokenizer and graph in one Python model, not an ensemble of two hops.
+    text = read_config(python_repo / "clip_text" / "config.pbtxt")
+    assert text.backend == "python" and not text.ensemble_scheduling.step
+    assert [(t.name, t.data_type) for t in text.input] == [("TEXT", pb.TYPE_STRING)]
+    assert [t.name for t in text.output] == ["text_embeds"]
+    assert text.parameters["pad_token_id"].string_value == "49407"
+    assert float(text.parameters["logit_scale"].string_value) > 1
+    assert (python_repo / "clip_text" / "1" / "model.onnx").is_file()
+    assert (python_repo / "clip_text" / "1" / "tokenizer" / "tokenizer.json").is_file()
 
 
 def test_validate_finds_mismatch(python_repo: Path, tmp_path: Path) -> None:
