@@ -130,9 +130,13 @@ class TritonPythonModel:
         self.max_length = int(model.parameter("max_text_length"))
         self.text = BlipText(folder / "tokenizer")
         self.images = load_images(folder)
-        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
+        # The vision encoder (admission threads) and the decoder (engine thread) run at the
+        # same time in this process, each with its own intra-op pool: spinning threads of one
+        # would take the cores the other works on, so they do not spin by default.
+        spin = model.parameter("intra_op_spinning", "0") == "1"
+        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu, spin=spin)
         self.question_encoder = (
-            ort_session(folder / "question_encoder.onnx", on_gpu=model.on_gpu)
+            ort_session(folder / "question_encoder.onnx", on_gpu=model.on_gpu, spin=spin)
             if self.kind == "vqa"
             else None
         )
@@ -140,6 +144,7 @@ class TritonPythonModel:
             folder / "decoder_first.onnx",
             folder / "decoder_step.onnx",
             on_gpu=model.on_gpu,
+            spin=spin,
         )
         self.engine = Engine(
             graphs,

@@ -219,9 +219,17 @@ def make_search(prompt: list[int], params: GenerationParams, eos: int) -> Search
 class DecoderGraphs:
     """The exported ``decoder_first`` and ``decoder_step`` graphs in ONNX Runtime."""
 
-    def __init__(self, first: Path, step: Path, *, on_gpu: bool = False, threads: int = 0) -> None:
-        self.first = ort_session(first, on_gpu=on_gpu, threads=threads)
-        self.step = ort_session(step, on_gpu=on_gpu, threads=threads)
+    def __init__(
+        self,
+        first: Path,
+        step: Path,
+        *,
+        on_gpu: bool = False,
+        threads: int = 0,
+        spin: bool = True,
+    ) -> None:
+        self.first = ort_session(first, on_gpu=on_gpu, threads=threads, spin=spin)
+        self.step = ort_session(step, on_gpu=on_gpu, threads=threads, spin=spin)
         step_inputs = {i.name: i for i in self.step.get_inputs()}
         self.layers = sum(1 for name in step_inputs if name.endswith(".key")) // 2
         self.self_names, self.cross_names = cache_names(self.layers)

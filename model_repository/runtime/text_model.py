@@ -14,60 +14,36 @@ from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
-from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.contract import ATTENTION_MASK, INPUT_IDS
 from vlpserve.model_repository.runtime.sessions import ort_session
-from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    internal_error,
-    invalid_argument,
-    response,
+from vlpserve.model_repository.runtime.tokenizer_model import (
+    TritonPythonModel as TokenizerModel,
 )
+from vlpserve.model_repository.runtime.triton import internal_error, response
 
 logger = logging.getLogger(__name__)
 
 GRAPH_FILE = "model.onnx"
-TOKENIZER_DIR = "tokenizer"
 
 
-class TritonPythonModel:
+class TritonPythonModel(TokenizerModel):
     """Tokenizes every request of a batch, runs the text graph once, splits the rows."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        self.tokenizer = TextTokenizer(
-            model.version_dir / TOKENIZER_DIR / "tokenizer.json",
-            max_length=int(model.parameter("max_length")),
-            pad_id=int(model.parameter("pad_token_id")),
-        )
+        super().initialize(args)
         self.session = ort_session(
-            model.version_dir / GRAPH_FILE,
-            on_gpu=model.on_gpu,
-            device_id=model.device_id,
-            threads=int(model.parameter("intra_op_threads", "0")),
+            self.args.version_dir / GRAPH_FILE,
+            on_gpu=self.args.on_gpu,
+            device_id=self.args.device_id,
+            threads=int(self.args.parameter("intra_op_threads", "0")),
         )
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
-        self.outputs = [o["name"] for o in model.config["output"]]
+        self.outputs = [o["name"] for o in self.args.config["output"]]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        valid: list[int] = []
-        groups: list[list[str]] = []
-        for index, request in enumerate(requests):
-            try:
-                texts = decode_texts(input_array(request, TEXT).reshape(-1).tolist())
-                if not texts:
-                    raise ValueError("request holds no texts")
-            except (InputItemError, ValueError) as exc:
-                responses[index] = invalid_argument(f"{TEXT} {exc}")
-                continue
-            valid.append(index)
-            groups.append(texts)
+        responses, valid, encoded = self.tokenize(requests)
         if not valid:
             return responses
-        encoded = self.tokenizer.encode_groups(groups)
         feeds = {
             INPUT_IDS: np.concatenate([ids for ids, _ in encoded]),
             ATTENTION_MASK: np.concatenate([mask for _, mask in encoded]),
@@ -82,8 +58,8 @@ class TritonPythonModel:
                 responses[index] = internal_error(f"inference failed: {exc}")
             return responses
         start = 0
-        for index, texts in zip(valid, groups, strict=True):
-            end = start + len(texts)
+        for index, (ids, _) in zip(valid, encoded, strict=True):
+            end = start + len(ids)
             responses[index] = response(
                 {
                     name: result[start:end]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
@@ -21,18 +23,23 @@ from vlpserve.model_repository.runtime.triton import (
 TOKENIZER_DIR = "tokenizer"
 
 
+Encoded = tuple[np.ndarray, np.ndarray]  # token ids, attention mask (int64)
+
+
 class TritonPythonModel:
     """Tokenizes every request of a batch and pads them all to one length."""
 
     def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
+        self.args = ModelArgs(args)
         self.tokenizer = TextTokenizer(
-            model.version_dir / TOKENIZER_DIR / "tokenizer.json",
-            max_length=int(model.parameter("max_length")),
-            pad_id=int(model.parameter("pad_token_id")),
+            self.args.version_dir / TOKENIZER_DIR / "tokenizer.json",
+            max_length=int(self.args.parameter("max_length")),
+            pad_id=int(self.args.parameter("pad_token_id")),
         )
 
-    def execute(self, requests: list[Any]) -> list[Any]:
+    def tokenize(self, requests: list[Any]) -> tuple[list[Any], list[int], list[Encoded]]:
+        """Error responses for the bad requests (None elsewhere), the indexes of the good
+        ones and their tokens, padded to the longest text of them all."""
         responses: list[Any] = [None] * len(requests)
         valid: list[int] = []
         groups: list[list[str]] = []
@@ -43,7 +50,10 @@ class TritonPythonModel:
                 responses[index] = invalid_argument(f"{TEXT} {exc}")
                 continue
             valid.append(index)
-        encoded = self.tokenizer.encode_groups(groups)
+        return responses, valid, self.tokenizer.encode_groups(groups)
+
+    def execute(self, requests: list[Any]) -> list[Any]:
+        responses, valid, encoded = self.tokenize(requests)
         for index, (ids, mask) in zip(valid, encoded, strict=True):
             responses[index] = response({INPUT_IDS: ids, ATTENTION_MASK: mask})
         return responses
