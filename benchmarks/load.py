@@ -31,6 +31,8 @@ class Point:
     error_samples: list[str] = field(default_factory=list)
     triton: dict[str, Any] = field(default_factory=dict)  # per model: triton_stats.delta
     gpu: dict[str, float] = field(default_factory=dict)  # GPU metrics, where a GPU exists
+    # per model and phase of a generation engine (triton_stats.engine_delta)
+    engine: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
     def items_per_s(self) -> float:

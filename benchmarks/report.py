@@ -130,6 +130,18 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{s['compute_output_ms']:.2f} | {s['mean_batch']:.2f} | "
                 f"{s['utilization']:.2f} |"
             )
+    engine_rows = []
+    for name, result in report["scenarios"].items():
+        best = best_point(result["points"])
+        if best is None:
+            continue
+        for model, phases in best.get("engine", {}).items():
+            for phase, e in phases.items():
+                engine_rows.append(
+                    f"| {name} (c={best['concurrency']}) | {model} | {phase} | "
+                    f"{e['calls']:.0f} | {e['ms_per_call']:.1f} | {e['rows_per_call']:.2f} | "
+                    f"{e['utilization']:.2f} |"
+                )
     if breakdown:
         lines += [
             "",
@@ -140,6 +152,16 @@ def markdown(report: dict[str, Any]) -> str:
             "| utilisation |",
             "|---|---|---|---|---|---|---|---|",
             *breakdown,
+        ]
+    if engine_rows:
+        lines += [
+            "",
+            "Generation engine at the best point (work Triton's statistics do not see: encode "
+            "= vision and question encoders per request, first / step = decoder calls):",
+            "",
+            "| scenario | model | phase | calls | ms per call | rows per call | utilisation |",
+            "|---|---|---|---|---|---|---|",
+            *engine_rows,
         ]
     return "\n".join(lines) + "\n"
 

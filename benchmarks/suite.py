@@ -141,6 +141,9 @@ async def _points(
                 logger.warning("%s: time budget spent, %s %s skipped", scenario.name, mode, value)
                 continue
             before = triton_stats.snapshot(stats_client, scenario.stats_models)
+            engine_before = triton_stats.parse_engine_metrics(
+                triton_stats.metrics_page(options.metrics_url)
+            )
             window_start = time.monotonic()
             if mode == "closed":
                 point = await closed_loop(
@@ -153,7 +156,12 @@ async def _points(
             after = triton_stats.snapshot(stats_client, scenario.stats_models)
             window_s = time.monotonic() - window_start
             point.triton = triton_stats.delta(before, after, window_s)
-            point.gpu = triton_stats.gpu_metrics(options.metrics_url)
+            page = triton_stats.metrics_page(options.metrics_url)
+            point.gpu = triton_stats.parse_gpu_metrics(page)
+            engine = triton_stats.engine_delta(
+                engine_before, triton_stats.parse_engine_metrics(page), window_s
+            )
+            point.engine = {m: v for m, v in engine.items() if m in scenario.stats_models}
             points.append(point)
     finally:
         await client.close()

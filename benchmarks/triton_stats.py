@@ -8,6 +8,8 @@ import urllib.request
 from typing import Any
 
 _METRIC = re.compile(r"^(nv_gpu_utilization|nv_gpu_memory_used_bytes)\{[^}]*\} ([0-9.eE+-]+)$")
+_ENGINE = re.compile(r"^vlpserve_generation_(seconds|calls|rows)_total\{([^}]*)\} ([0-9.eE+-]+)$")
+_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
 def snapshot(client: Any, models: tuple[str, ...]) -> dict[str, dict[str, Any]]:
@@ -73,17 +75,57 @@ def delta(
     return out
 
 
+def metrics_page(metrics_url: str | None) -> str:
+    """Triton's Prometheus metrics text, or "" where there is none to read."""
+    if not metrics_url:
+        return ""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
+            return str(answer.read().decode())
+    except OSError:
+        return ""
+
+
 def gpu_metrics(metrics_url: str | None) -> dict[str, float]:
     """GPU utilisation (0..1) and memory used (bytes) from Triton's metrics endpoint; empty
     where no GPU is reported."""
-    if not metrics_url:
-        return {}
-    try:
-        with urllib.request.urlopen(metrics_url, timeout=5) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return {}
-    return parse_gpu_metrics(text)
+    return parse_gpu_metrics(metrics_page(metrics_url))
+
+
+def parse_engine_metrics(text: str) -> dict[tuple[str, str, str], float]:
+    """The generation engines' counters: (model, phase, seconds|calls|rows) -> value."""
+    found: dict[tuple[str, str, str], float] = {}
+    for line in text.splitlines():
+        match = _ENGINE.match(line)
+        if match:
+            labels = dict(_LABEL.findall(match.group(2)))
+            key = (labels.get("model", ""), labels.get("phase", ""), match.group(1))
+            found[key] = float(match.group(3))
+    return found
+
+
+def engine_delta(
+    before: dict[tuple[str, str, str], float],
+    after: dict[tuple[str, str, str], float],
+    window_s: float,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model and phase of a generation engine, over a point: calls, ms per call, rows
+    per call (batch rows) and utilisation (time in that phase over the window)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for model, phase in sorted({(m, p) for m, p, _ in after}):
+        value = {
+            name: after.get((model, phase, name), 0.0) - before.get((model, phase, name), 0.0)
+            for name in ("seconds", "calls", "rows")
+        }
+        if value["calls"] <= 0:
+            continue
+        out.setdefault(model, {})[phase] = {
+            "calls": value["calls"],
+            "ms_per_call": value["seconds"] * 1000 / value["calls"],
+            "rows_per_call": value["rows"] / value["calls"],
+            "utilization": value["seconds"] / window_s if window_s > 0 else 0.0,
+        }
+    return out
 
 
 def parse_gpu_metrics(text: str) -> dict[str, float]:

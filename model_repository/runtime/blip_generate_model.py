@@ -10,6 +10,7 @@ next step.
 from __future__ import annotations
 
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -46,7 +47,7 @@ from vlpserve.model_repository.runtime.generation import (
     Job,
 )
 from vlpserve.model_repository.runtime.sessions import ort_session
-from vlpserve.model_repository.runtime.triton import ModelArgs
+from vlpserve.model_repository.runtime.triton import ModelArgs, PhaseMetrics
 
 logger = logging.getLogger(__name__)
 
@@ -146,10 +147,13 @@ class TritonPythonModel:
             on_gpu=model.on_gpu,
             spin=spin,
         )
+        # encode: vision (and question) encoders per request; first / step: decoder calls.
+        self.metrics = PhaseMetrics(model.name, ("encode", "first", "step"))
         self.engine = Engine(
             graphs,
             eos=int(model.parameter("sep_token_id")),
             max_rows=int(model.parameter("max_batch_rows", "64")),
+            observe=self.metrics.observe,
         )
         self.pool = ThreadPoolExecutor(
             max_workers=int(model.parameter("admission_threads", "2")),
@@ -206,6 +210,7 @@ class TritonPythonModel:
                     f"{what} is {length} tokens: with {MAX_NEW_TOKENS} "
                     f"{params.max_new_tokens} it exceeds the model's {self.max_length} positions"
                 )
+            started = time.perf_counter()
             pixels = self.images(image)[None]
             (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
             states = embeds[0]
@@ -217,6 +222,7 @@ class TritonPythonModel:
                 }
                 (states,) = self.question_encoder.run(None, feeds_for(self.question_encoder, feeds))
                 states = states[0]
+            self.metrics.observe("encode", time.perf_counter() - started, 1)
         except ValueError as exc:
             reply.invalid(str(exc))
             return

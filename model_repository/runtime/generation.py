@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -344,13 +345,24 @@ def _pad(cache: np.ndarray, width: int) -> np.ndarray:
     return np.pad(cache, ((0, 0), (0, 0), (width, 0), (0, 0))) if width else cache
 
 
+# observe(phase, seconds, rows): the engine reports each decoder call ("first", "step").
+Observer = Callable[[str, float, int], None]
+
+
+def _ignore(phase: str, seconds: float, rows: int) -> None:
+    return None
+
+
 class Engine:
     """Decodes all submitted jobs in one batch on a background thread."""
 
-    def __init__(self, graphs: DecoderGraphs, *, eos: int, max_rows: int = 64) -> None:
+    def __init__(
+        self, graphs: DecoderGraphs, *, eos: int, max_rows: int = 64, observe: Observer = _ignore
+    ) -> None:
         self.graphs = graphs
         self.eos = eos
         self.max_rows = max_rows
+        self.observe = observe
         self.pending: queue.Queue[Job | None] = queue.Queue()
         self.groups: dict[int, _Group] = {}
         self.steps = 0  # decoder step calls, for tests and statistics
@@ -406,7 +418,9 @@ class Engine:
         for (length, states_len), batch in by_shape.items():
             ids = np.array([job.prompt for job in batch], dtype=np.int64)
             states = np.stack([job.states for job in batch])
+            started = time.perf_counter()
             logits, own, cross = self.graphs.run_first(ids, states)
+            self.observe("first", time.perf_counter() - started, len(batch))
             group = self.groups.setdefault(states_len, _Group())
             for row, job in enumerate(batch):
                 assert job.search is not None
@@ -423,9 +437,11 @@ class Engine:
     def _step(self, group: _Group) -> None:
         tokens = [t for job in group.jobs for t in job.search.last_tokens()]  # type: ignore[union-attr]
         mask = np.concatenate([group.mask, np.ones((group.rows, 1), dtype=np.int64)], axis=1)
+        started = time.perf_counter()
         logits, own = self.graphs.run_step(
             np.array(tokens), group.positions, mask, group.own, group.cross
         )
+        self.observe("step", time.perf_counter() - started, group.rows)
         self.steps += 1
         self.max_batch_rows = max(self.max_batch_rows, group.rows)
         group.own, group.mask, group.positions = own, mask, group.positions + 1

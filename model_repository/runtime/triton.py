@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -60,3 +61,44 @@ def response(outputs: dict[str, np.ndarray]) -> Any:
     return pb_utils.InferenceResponse(
         output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]
     )
+
+
+class PhaseMetrics:
+    """Per-phase counters on Triton's metrics endpoint, for work Triton's own statistics do
+    not see (a decoupled model's background engine): ``vlpserve_generation_seconds_total``,
+    ``_calls_total`` and ``_rows_total``, labelled by model and phase.
+
+    Calls come from several threads; a lock keeps one update at a time. Where the Python
+    backend has no custom metrics API the counters are skipped (logged once).
+    """
+
+    NAMES = ("seconds", "calls", "rows")
+
+    def __init__(self, model: str, phases: tuple[str, ...]) -> None:
+        self._lock = threading.Lock()
+        self._metrics: dict[tuple[str, str], Any] = {}
+        self._families: list[Any] = []  # a Metric fails once its family is garbage-collected
+        family_type = getattr(pb_utils, "MetricFamily", None)
+        if family_type is None:
+            logger.warning("%s: no custom metrics in this Python backend", model)
+            return
+        for name in self.NAMES:
+            family = family_type(
+                name=f"vlpserve_generation_{name}_total",
+                description=f"Generation engine {name} per phase",
+                kind=family_type.COUNTER,
+            )
+            self._families.append(family)
+            for phase in phases:
+                self._metrics[name, phase] = family.Metric(labels={"model": model, "phase": phase})
+
+    def observe(self, phase: str, seconds: float, rows: int) -> None:
+        if not self._metrics:
+            return
+        with self._lock:
+            try:
+                for name, value in zip(self.NAMES, (seconds, 1, rows), strict=True):
+                    self._metrics[name, phase].increment(value)
+            except Exception:  # statistics must never fail a request: stop counting
+                logger.exception("custom metrics failed; no longer counting")
+                self._metrics.clear()

@@ -46,10 +46,15 @@ def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
             assert all(0 <= s["utilization"] <= 1.5 for s in stats.values()), stats
             assert all(s["busy_s"] >= 0 for s in stats.values())
         assert result["points"][0]["gpu"] == {}  # no GPU here, none reported
+        if name.startswith("blip_caption") or name == "blip_vqa":
+            engine = result["points"][0]["engine"][result["model"]]
+            assert {"encode", "first", "step"} <= set(engine), name
+            assert engine["step"]["calls"] > 0 and engine["step"]["rows_per_call"] >= 1
     written = json.loads((tmp_path / "bench.json").read_text())
     assert written["machine"]["cores"] >= 1 and written["versions"]["onnxruntime"]
     markdown = (tmp_path / "bench.md").read_text()
     assert "| clip_text | c=1 |" in markdown and "Triton's breakdown" in markdown
+    assert "Generation engine at the best point" in markdown
     for name in report["scenarios"]:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG)
 
@@ -155,3 +160,27 @@ def test_short_window_points_are_marked_and_not_best() -> None:
     text = markdown(report)
     assert "| clip_text | c=64 (short window) |" in text
     assert "| clip_text | c=4 |" in text and "fewer than 2 completed requests" in text
+
+
+def test_engine_metrics_parsing() -> None:
+    from vlpserve.benchmarks.triton_stats import engine_delta, parse_engine_metrics
+
+    def page(seconds: float, calls: int, rows: int) -> str:
+        labels = 'model="blip_caption",phase="step"'
+        return (
+            "# TYPE vlpserve_generation_seconds_total counter\n"
+            f"vlpserve_generation_seconds_total{{{labels}}} {seconds}\n"
+            f"vlpserve_generation_calls_total{{{labels}}} {calls}\n"
+            f"vlpserve_generation_rows_total{{{labels}}} {rows}\n"
+            'nv_inference_count{model="blip_caption",version="1"} 12\n'
+        )
+
+    before, after = parse_engine_metrics(page(1.0, 10, 10)), parse_engine_metrics(page(3.0, 30, 90))
+    assert before[("blip_caption", "step", "calls")] == 10
+    delta = engine_delta(before, after, window_s=4.0)
+    assert delta == {
+        "blip_caption": {
+            "step": {"calls": 20, "ms_per_call": 100.0, "rows_per_call": 4.0, "utilization": 0.5}
+        }
+    }
+    assert engine_delta(after, after, window_s=4.0) == {}  # idle: nothing to report

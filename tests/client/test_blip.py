@@ -112,6 +112,26 @@ def test_match_equals_hugging_face(client, hf, photos) -> None:
     np.testing.assert_allclose(itc, np.diag(cosine.numpy()), atol=1e-4)
 
 
+def test_engine_work_on_the_metrics_endpoint(client, triton, photos) -> None:
+    """The generation engine's own work (Triton's statistics see only the admission call)
+    is counted on Triton's metrics endpoint, per phase."""
+    from vlpserve.benchmarks.triton_stats import metrics_page, parse_engine_metrics
+
+    before = parse_engine_metrics(metrics_page(triton.metrics_url))
+    client.caption(list(photos.values())[:2], max_new_tokens=5)
+    after = parse_engine_metrics(metrics_page(triton.metrics_url))
+
+    def grew(phase: str, name: str) -> float:
+        key = ("blip_caption", phase, name)
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert grew("encode", "calls") == 2 and grew("encode", "rows") == 2
+    assert grew("encode", "seconds") > 0
+    assert grew("first", "rows") == 2  # one row per greedy request
+    assert 1 <= grew("step", "calls") <= 8  # at most 4 steps each, fewer when batched
+    assert grew("step", "seconds") > 0
+
+
 def test_bad_generation_requests(client, photos) -> None:
     good = photos["chelsea.png"]
     with pytest.raises(InvalidInput, match="IMAGE item 1: cannot decode"):
