@@ -170,3 +170,32 @@ def blip_generate(
         )
 
     return {"hf_eager": {batch: batch / median_s(run(batch), repeats=3) for batch in batches}}
+
+
+def blip_itm(
+    checkpoint: str, photos: dict[str, bytes], *, batches: tuple[int, ...] = (1, 8)
+) -> dict[str, dict[int, float]]:
+    """Pairs/s of Hugging Face BLIP image-text matching: the ITM head and the ITC cosine,
+    both of which the served ``blip_itm`` returns for every pair."""
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
+    device, dtype = _device()
+    model = BlipForImageTextRetrieval.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    processor = BlipProcessor.from_pretrained(checkpoint)
+
+    def run(batch: int) -> Callable[[], object]:
+        texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
+        inputs = processor(
+            images=_images(photos, batch), text=texts, padding=True, return_tensors="pt"
+        )
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+
+        @torch.no_grad()
+        def both() -> object:
+            return model(**inputs, use_itm_head=True), model(**inputs, use_itm_head=False)
+
+        return both
+
+    return {"hf_eager": {batch: batch / median_s(run(batch), repeats=3) for batch in batches}}

@@ -181,9 +181,15 @@ def plots(report: dict[str, Any], out: Path) -> list[Path]:
         xs = [p["concurrency"] for p in closed]
         fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
         left.plot(xs, [p["items_per_s"] for p in closed], marker="o", label="served")
-        for engine, rates in report.get("baselines", {}).get(name, {}).items():
+        engines = report.get("baselines", {}).get(name, {}).items()
+        for number, (engine, rates) in enumerate(engines, start=1):
             if rates:
-                left.axhline(max(rates.values()), linestyle="--", label=f"{engine} (best batch)")
+                left.axhline(
+                    max(rates.values()),
+                    color=f"C{number}",
+                    linestyle=("--", ":", "-.")[number % 3],
+                    label=f"{engine} (best batch)",
+                )
         left.set(xscale="log", xlabel="concurrency", ylabel="items/s", title=f"{name}: throughput")
         left.legend()
         for q in ("p50", "p90", "p99"):

@@ -194,6 +194,8 @@ def _baselines(
                     "caption", deployed["blip-caption"][0], photos, max_new_tokens=20,
                     num_beams=beams,
                 )  # fmt: skip
+    if "blip-itm" in deployed and "blip_itm" in wanted:
+        out["blip_itm"] = baselines.blip_itm(deployed["blip-itm"][0], photos)
     if "blip-vqa" in deployed and "blip_vqa" in wanted:
         out["blip_vqa"] = baselines.blip_generate(
             "vqa", deployed["blip-vqa"][0], photos, max_new_tokens=10

@@ -184,3 +184,11 @@ def test_engine_metrics_parsing() -> None:
         }
     }
     assert engine_delta(after, after, window_s=4.0) == {}  # idle: nothing to report
+
+
+def test_blip_itm_baseline(blip_checkpoints, photos) -> None:
+    from vlpserve.benchmarks import baselines
+
+    rates = baselines.blip_itm(str(blip_checkpoints["itm"]), photos, batches=(1, 2))
+    assert set(rates["hf_eager"]) == {1, 2}
+    assert all(rate > 0 for rate in rates["hf_eager"].values())
