@@ -99,50 +99,64 @@ def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:
     return bounded
 
 
+@dataclass
+class _Tally:
+    """What the requests of one load point added up to."""
+
+    latencies: list[float] = field(default_factory=list)
+    requests: int = 0
+    items: int = 0
+    errors: int = 0
+    samples: list[str] = field(default_factory=list)
+
+    async def call(self, send: Send, i: int) -> tuple[bool, int]:
+        """Send request ``i``: (answered, items); a failure is kept as a sample, not raised."""
+        try:
+            return True, await send(i)
+        except Exception as exc:  # a failed request is counted, not fatal
+            if len(self.samples) < 5:
+                self.samples.append(str(exc)[:300])
+            return False, 0
+
+    def count(self, ok: bool, items: int, latency_s: float) -> None:
+        self.requests += 1
+        if ok:
+            self.latencies.append(latency_s)
+            self.items += items
+        else:
+            self.errors += 1
+
+    def point(self, **where: Any) -> Point:
+        return Point(
+            **where,
+            requests=self.requests,
+            items=self.items,
+            errors=self.errors,
+            latency_ms=summarize(self.latencies),
+            error_samples=self.samples,
+        )
+
+
 async def closed_loop(send: Send, concurrency: int, *, warmup_s: float, duration_s: float) -> Point:
     """``concurrency`` workers, each sending its next request when the last one answered."""
     started = time.monotonic()
     measure_from = started + warmup_s
     measure_to = measure_from + duration_s
-    latencies: list[float] = []
-    counts = {"requests": 0, "items": 0, "errors": 0}
-    samples: list[str] = []
+    tally = _Tally()
     counter = iter(range(10**9))
 
     async def worker() -> None:
-        while (now := time.monotonic()) < measure_to:
-            t0 = now
-            try:
-                items = await send(next(counter))
-                ok = True
-            except Exception as exc:  # a failed request is counted, not fatal
-                ok, items = False, 0
-                if len(samples) < 5:
-                    samples.append(str(exc)[:300])
+        while (t0 := time.monotonic()) < measure_to:
+            ok, items = await tally.call(send, next(counter))
             t1 = time.monotonic()
             # Requests that complete inside the window count (throughput = completions per
             # second); ones that started in the warm-up count too, or requests longer than
             # the window would never be counted.
             if measure_from <= t1 <= measure_to:
-                counts["requests"] += 1
-                if ok:
-                    latencies.append(t1 - t0)
-                    counts["items"] += items
-                else:
-                    counts["errors"] += 1
+                tally.count(ok, items, t1 - t0)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return Point(
-        mode="closed",
-        concurrency=concurrency,
-        rate_rps=None,
-        duration_s=duration_s,
-        requests=counts["requests"],
-        items=counts["items"],
-        errors=counts["errors"],
-        latency_ms=summarize(latencies),
-        error_samples=samples,
-    )
+    return tally.point(mode="closed", concurrency=concurrency, rate_rps=None, duration_s=duration_s)
 
 
 async def open_loop(send: Send, rate_rps: float, *, warmup_s: float, duration_s: float) -> Point:
@@ -151,26 +165,13 @@ async def open_loop(send: Send, rate_rps: float, *, warmup_s: float, duration_s:
     started = time.monotonic()
     measure_from = started + warmup_s
     measure_to = measure_from + duration_s
-    latencies: list[float] = []
-    counts = {"requests": 0, "items": 0, "errors": 0}
-    samples: list[str] = []
+    tally = _Tally()
     tasks = []
 
     async def one(i: int, t0: float) -> None:
-        try:
-            items = await send(i)
-            ok = True
-        except Exception as exc:
-            ok, items = False, 0
-            if len(samples) < 5:
-                samples.append(str(exc)[:300])
+        ok, items = await tally.call(send, i)
         if t0 >= measure_from:
-            counts["requests"] += 1
-            if ok:
-                latencies.append(time.monotonic() - t0)
-                counts["items"] += items
-            else:
-                counts["errors"] += 1
+            tally.count(ok, items, time.monotonic() - t0)
 
     i = 0
     while (scheduled := started + i * interval) < measure_to:
@@ -179,14 +180,4 @@ async def open_loop(send: Send, rate_rps: float, *, warmup_s: float, duration_s:
         i += 1
     await asyncio.gather(*tasks)
     elapsed = max(time.monotonic() - measure_from, duration_s)
-    return Point(
-        mode="open",
-        concurrency=None,
-        rate_rps=rate_rps,
-        duration_s=elapsed,
-        requests=counts["requests"],
-        items=counts["items"],
-        errors=counts["errors"],
-        latency_ms=summarize(latencies),
-        error_samples=samples,
-    )
+    return tally.point(mode="open", concurrency=None, rate_rps=rate_rps, duration_s=elapsed)
