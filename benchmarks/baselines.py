@@ -38,12 +38,9 @@ def _device() -> tuple[Any, Any]:
 
 
 def _ort(path: Path) -> Any:
-    import onnxruntime as ort
+    from vlpserve.model_repository.runtime.sessions import ort_session
 
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    return ort.InferenceSession(str(path), providers=providers)
+    return ort_session(path, on_gpu=True)  # CUDA first where ORT has it, as served
 
 
 def _images(photos: dict[str, bytes], count: int) -> list[Any]:

@@ -118,27 +118,23 @@ def markdown(report: dict[str, Any]) -> str:
             for engine, rates in engines.items():
                 text = ", ".join(f"{b}: {v:.2f}" for b, v in rates.items())
                 lines.append(f"| {name} | {engine} | {text} |")
-    breakdown = []
+    breakdown, engine_rows = [], []
     for name, result in report["scenarios"].items():
         best = best_point(result["points"])
         if best is None:
             continue
+        where = f"{name} (c={best['concurrency']})"
         for model, s in best.get("triton", {}).items():
             breakdown.append(
-                f"| {name} (c={best['concurrency']}) | {model} | {s['queue_ms']:.2f} | "
+                f"| {where} | {model} | {s['queue_ms']:.2f} | "
                 f"{s['compute_input_ms']:.2f} | {s['compute_infer_ms']:.2f} | "
                 f"{s['compute_output_ms']:.2f} | {s['mean_batch']:.2f} | "
                 f"{s['utilization']:.2f} |"
             )
-    engine_rows = []
-    for name, result in report["scenarios"].items():
-        best = best_point(result["points"])
-        if best is None:
-            continue
         for model, phases in best.get("engine", {}).items():
             for phase, e in phases.items():
                 engine_rows.append(
-                    f"| {name} (c={best['concurrency']}) | {model} | {phase} | "
+                    f"| {where} | {model} | {phase} | "
                     f"{e['calls']:.0f} | {e['ms_per_call']:.1f} | {e['rows_per_call']:.2f} | "
                     f"{e['utilization']:.2f} |"
                 )

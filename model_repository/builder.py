@@ -290,7 +290,7 @@ class _Builder:
         contract = self.models.text
         version_dir = _fresh_model_dir(self.options.out, contract.name)
         shutil.copytree(
-            self.options.out / tokenizer.name / "1" / "tokenizer", version_dir / "tokenizer"
+            self.options.export_dir / self.report["tokenizer"], version_dir / "tokenizer"
         )
         _link_or_copy(
             self.options.export_dir / "text_encoder" / GRAPH_FILE, version_dir / GRAPH_FILE

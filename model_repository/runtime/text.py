@@ -48,16 +48,20 @@ class TextTokenizer:
         self.max_length = max_length
         self.pad_id = pad_id
 
-    def encode_groups(self, groups: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Token ids and attention masks (int64) per group, all padded to one length."""
-        flat = [text for group in groups for text in group]
-        encodings = self._tokenizer.encode_batch(flat) if flat else []
+    def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and attention masks (int64) of ``texts``, padded to the longest."""
+        encodings = self._tokenizer.encode_batch(list(texts)) if texts else []
         length = max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(flat), length), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(flat), length), dtype=np.int64)
+        ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), length), dtype=np.int64)
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
+        return ids, mask
+
+    def encode_groups(self, groups: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Token ids and attention masks (int64) per group, all padded to one length."""
+        ids, mask = self.encode([text for group in groups for text in group])
         out = []
         start = 0
         for group in groups:

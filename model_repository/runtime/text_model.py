@@ -12,9 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
-
 from vlpserve.contract import ATTENTION_MASK, INPUT_IDS
+from vlpserve.model_repository.runtime.onnx_model import GRAPH_FILE
 from vlpserve.model_repository.runtime.sessions import ort_session
 from vlpserve.model_repository.runtime.tokenizer_model import (
     TritonPythonModel as TokenizerModel,
@@ -22,8 +21,6 @@ from vlpserve.model_repository.runtime.tokenizer_model import (
 from vlpserve.model_repository.runtime.triton import internal_error, response
 
 logger = logging.getLogger(__name__)
-
-GRAPH_FILE = "model.onnx"
 
 
 class TritonPythonModel(TokenizerModel):
@@ -41,13 +38,11 @@ class TritonPythonModel(TokenizerModel):
         self.outputs = [o["name"] for o in self.args.config["output"]]
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses, valid, encoded = self.tokenize(requests)
+        responses, valid, groups = self.parse(requests)
         if not valid:
             return responses
-        feeds = {
-            INPUT_IDS: np.concatenate([ids for ids, _ in encoded]),
-            ATTENTION_MASK: np.concatenate([mask for _, mask in encoded]),
-        }
+        ids, mask = self.tokenizer.encode([text for group in groups for text in group])
+        feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask}
         try:
             results = self.session.run(
                 self.outputs, {k: v for k, v in feeds.items() if k in self.graph_inputs}
@@ -58,8 +53,8 @@ class TritonPythonModel(TokenizerModel):
                 responses[index] = internal_error(f"inference failed: {exc}")
             return responses
         start = 0
-        for index, (ids, _) in zip(valid, encoded, strict=True):
-            end = start + len(ids)
+        for index, group in zip(valid, groups, strict=True):
+            end = start + len(group)
             responses[index] = response(
                 {
                     name: result[start:end]

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
@@ -23,9 +21,6 @@ from vlpserve.model_repository.runtime.triton import (
 TOKENIZER_DIR = "tokenizer"
 
 
-Encoded = tuple[np.ndarray, np.ndarray]  # token ids, attention mask (int64)
-
-
 class TritonPythonModel:
     """Tokenizes every request of a batch and pads them all to one length."""
 
@@ -37,9 +32,9 @@ class TritonPythonModel:
             pad_id=int(self.args.parameter("pad_token_id")),
         )
 
-    def tokenize(self, requests: list[Any]) -> tuple[list[Any], list[int], list[Encoded]]:
+    def parse(self, requests: list[Any]) -> tuple[list[Any], list[int], list[list[str]]]:
         """Error responses for the bad requests (None elsewhere), the indexes of the good
-        ones and their tokens, padded to the longest text of them all."""
+        ones and their texts."""
         responses: list[Any] = [None] * len(requests)
         valid: list[int] = []
         groups: list[list[str]] = []
@@ -50,10 +45,11 @@ class TritonPythonModel:
                 responses[index] = invalid_argument(f"{TEXT} {exc}")
                 continue
             valid.append(index)
-        return responses, valid, self.tokenizer.encode_groups(groups)
+        return responses, valid, groups
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        responses, valid, encoded = self.tokenize(requests)
+        responses, valid, groups = self.parse(requests)
+        encoded = self.tokenizer.encode_groups(groups)
         for index, (ids, mask) in zip(valid, encoded, strict=True):
             responses[index] = response({INPUT_IDS: ids, ATTENTION_MASK: mask})
         return responses
