@@ -1,8 +1,9 @@
-"""The vlpserve gRPC client: ``from vlpserve.client import Client``.
+"""The vlpserve gRPC client: ``from vlpserve.client import Client`` (or ``AsyncClient``).
 
 Importing it loads numpy and tritonclient only (no torch, transformers or onnx).
 """
 
+from vlpserve.client.aio import AsyncClient
 from vlpserve.client.client import Client
 from vlpserve.client.segmentation import Segmentation
 from vlpserve.errors import (
@@ -14,6 +15,7 @@ from vlpserve.errors import (
 )
 
 __all__ = [
+    "AsyncClient",
     "Client",
     "ClientError",
     "DeadlineExceeded",

@@ -7,20 +7,21 @@ decodes them in one batch.
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from vlpserve.client.calls import bytes_input, check_pairs, translate_error
+from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
 from vlpserve.contract import (
     IMAGE,
-    ITC_SCORE,
-    ITM_SCORE,
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     PROMPT,
@@ -84,6 +85,48 @@ def generation_inputs(
     return inputs
 
 
+def parse_response(result: Any, error: Any) -> tuple[str, str | None, bool, str | None]:
+    """(request id, text piece, final, error message) of one streamed response."""
+    if error is not None:
+        message = error.message() if isinstance(error, InferenceServerException) else ""
+        message = message or str(error)
+        # Stream errors carry no response id; the server names the request in the text.
+        found = _REQUEST_ID.match(message)
+        request_id = found.group(1) if found else ""
+        return request_id, None, True, message[found.end() :] if found else message
+    response = result.get_response()
+    final = response.parameters.get("triton_final_response")
+    texts = result.as_numpy(TEXT)
+    piece = None if texts is None else bytes(texts.reshape(-1)[0]).decode("utf-8")
+    return response.id, piece, bool(final and final.bool_param), None
+
+
+class _Texts:
+    """Each request's pieces, joined into its text when its final response arrives."""
+
+    def __init__(self, model: str, count: int) -> None:
+        self.model = model
+        self.count = count
+        self.pieces: dict[int, list[str]] = {i: [] for i in range(count)}
+        self.texts: dict[int, str] = {}
+
+    @property
+    def done(self) -> bool:
+        return len(self.texts) == self.count
+
+    def add(self, request_id: str, piece: str | None, final: bool, error: str | None) -> None:
+        index = int(request_id) if request_id.isdigit() else 0
+        if error is not None:
+            raise stream_error(self.model, error, index)
+        if piece:
+            self.pieces[index].append(piece)
+        if final:
+            self.texts[index] = "".join(self.pieces[index])
+
+    def ordered(self) -> list[str]:
+        return [self.texts[i] for i in range(self.count)]
+
+
 class _Stream:
     """One gRPC stream carrying several requests; responses sorted by request id."""
 
@@ -104,18 +147,7 @@ class _Stream:
             result, error = self.responses.get(timeout=max(remaining, 0.001))
         except queue.Empty as exc:
             raise DeadlineExceeded(f"{what}: no answer within the deadline") from exc
-        if error is not None:
-            message = error.message() if isinstance(error, InferenceServerException) else ""
-            message = message or str(error)
-            # Stream errors carry no response id; the server names the request in the text.
-            found = _REQUEST_ID.match(message)
-            request_id = found.group(1) if found else ""
-            return request_id, None, True, message[found.end() :] if found else message
-        response = result.get_response()
-        final = response.parameters.get("triton_final_response")
-        texts = result.as_numpy(TEXT)
-        piece = None if texts is None else bytes(texts.reshape(-1)[0]).decode("utf-8")
-        return response.id, piece, bool(final and final.bool_param), None
+        return parse_response(result, error)
 
     def close(self, *, cancel: bool = False) -> None:
         try:
@@ -134,25 +166,15 @@ def generate_many(
     """Send every request on one stream and collect each full text."""
     deadline = time.monotonic() + timeout_s
     stream = _Stream(url)
-    texts: dict[int, str] = {}
-    cancel = True
+    texts = _Texts(model, len(requests))
     try:
         for index, inputs in enumerate(requests):
             stream.send(model, str(index), inputs)
-        pieces: dict[int, list[str]] = {i: [] for i in range(len(requests))}
-        while len(texts) < len(requests):
-            request_id, piece, final, error = stream.next(deadline, model)
-            index = int(request_id) if request_id.isdigit() else 0
-            if error is not None:
-                raise stream_error(model, error, index)
-            if piece:
-                pieces[index].append(piece)
-            if final:
-                texts[index] = "".join(pieces[index])
-        cancel = False
+        while not texts.done:
+            texts.add(*stream.next(deadline, model))
     finally:
-        stream.close(cancel=cancel)
-    return [texts[i] for i in range(len(requests))]
+        stream.close(cancel=not texts.done)
+    return texts.ordered()
 
 
 def stream_one(
@@ -185,8 +207,159 @@ def check_generation(max_new_tokens: int, num_beams: int, repetition_penalty: fl
         raise InvalidInput(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
 
 
-def itm_outputs() -> list[grpcclient.InferRequestedOutput]:
-    return [grpcclient.InferRequestedOutput(ITM_SCORE), grpcclient.InferRequestedOutput(ITC_SCORE)]
+def caption_requests(
+    images: Sequence[ImageInput],
+    *,
+    prompt: str | None,
+    max_new_tokens: int,
+    num_beams: int,
+    repetition_penalty: float,
+) -> list[list[grpcclient.InferInput]]:
+    """One ``blip_caption`` request per image, every argument checked before any call."""
+    check_generation(max_new_tokens, num_beams, repetition_penalty)
+    return [
+        generation_inputs(
+            data,
+            text_name=PROMPT,
+            text=prompt,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
+            stream=False,
+        )
+        for data in images_to_bytes(images)
+    ]
+
+
+def stream_request(
+    image: ImageInput, *, prompt: str | None, max_new_tokens: int, repetition_penalty: float
+) -> list[grpcclient.InferInput]:
+    """The streamed (greedy) ``blip_caption`` request of one image."""
+    check_generation(max_new_tokens, 1, repetition_penalty)
+    return generation_inputs(
+        image_to_bytes(image, 0),
+        text_name=PROMPT,
+        text=prompt,
+        max_new_tokens=max_new_tokens,
+        num_beams=1,
+        repetition_penalty=repetition_penalty,
+        stream=True,
+    )
+
+
+def answer_requests(
+    images: Sequence[ImageInput],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int,
+    num_beams: int,
+) -> list[list[grpcclient.InferInput]]:
+    """One ``blip_vqa`` request per (image, question) pair."""
+    check_generation(max_new_tokens, num_beams, 1.0)
+    data = images_to_bytes(images)
+    texts = texts_to_bytes(questions, "questions")
+    check_pairs(len(data), len(texts), "questions")
+    return [
+        generation_inputs(
+            image,
+            text_name=QUESTION,
+            text=question.decode("utf-8"),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            repetition_penalty=1.0,
+            stream=False,
+        )
+        for image, question in zip(data, texts, strict=True)
+    ]
+
+
+def match_inputs(
+    images: list[bytes], texts: list[bytes], start: int, size: int
+) -> list[grpcclient.InferInput]:
+    """The ``blip_itm`` inputs of pairs ``start`` to ``start + size``."""
+    return [
+        bytes_input(IMAGE, images[start : start + size]),
+        bytes_input(TEXT, texts[start : start + size]),
+    ]
+
+
+def rpc_error(exc: Exception, model: str) -> ClientError:
+    """The typed error for a gRPC failure of the asyncio client's stream."""
+    code = getattr(exc, "code", None)
+    details = getattr(exc, "details", None)
+    status = str(code()) if callable(code) else ""
+    message = str(details() if callable(details) else exc)
+    return translate_error(InferenceServerException(msg=message, status=status), model)
+
+
+class _AsyncStream:
+    """Requests on one stream of an asyncio tritonclient; responses as they come."""
+
+    def __init__(
+        self, client: Any, model: str, requests: list[list[grpcclient.InferInput]], deadline: float
+    ) -> None:
+        self.model = model
+        self.deadline = deadline
+
+        async def sent() -> AsyncIterator[dict[str, Any]]:
+            for index, inputs in enumerate(requests):
+                yield {"model_name": model, "inputs": inputs, "request_id": str(index)}
+
+        timeout = max(deadline - asyncio.get_running_loop().time(), 0.001)
+        self.call = client.stream_infer(sent(), stream_timeout=timeout)
+
+    async def next(self) -> tuple[str, str | None, bool, str | None]:
+        try:
+            async with asyncio.timeout_at(self.deadline):
+                result, error = await anext(self.call)
+        except TimeoutError as exc:
+            raise DeadlineExceeded(f"{self.model}: no answer within the deadline") from exc
+        except StopAsyncIteration as exc:
+            raise ClientError(f"{self.model}: the stream ended before the answer") from exc
+        except InferenceServerException as exc:
+            raise translate_error(exc, self.model) from exc
+        except Exception as exc:  # grpc.aio.AioRpcError: deadline, unavailable, ...
+            if hasattr(exc, "code"):
+                raise rpc_error(exc, self.model) from exc
+            raise
+        return parse_response(result, error)
+
+    def cancel(self) -> None:
+        self.call.cancel()
+
+
+async def generate_many_async(
+    client: Any, model: str, requests: list[list[grpcclient.InferInput]], *, timeout_s: float
+) -> list[str]:
+    """``generate_many`` over the asyncio client: one stream, every full text."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    stream = _AsyncStream(client, model, requests, deadline)
+    texts = _Texts(model, len(requests))
+    try:
+        while not texts.done:
+            texts.add(*await stream.next())
+    finally:
+        stream.cancel()  # every answer is in (nothing left to cancel), or give up the rest
+    return texts.ordered()
+
+
+async def stream_one_async(
+    client: Any, model: str, inputs: list[grpcclient.InferInput], *, timeout_s: float
+) -> AsyncIterator[str]:
+    """``stream_one`` over the asyncio client; closing the generator early (``aclose``, or
+    leaving an ``async for``) cancels the request on the server."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    stream = _AsyncStream(client, model, [inputs], deadline)
+    finished = False
+    try:
+        while not finished:
+            _, piece, finished, error = await stream.next()
+            if error is not None:
+                raise stream_error(model, error, 0)
+            if piece:
+                yield piece
+    finally:
+        stream.cancel()
 
 
 __all__ = [
@@ -195,9 +368,14 @@ __all__ = [
     "PROMPT",
     "QUESTION",
     "VQA",
+    "answer_requests",
+    "caption_requests",
     "check_generation",
     "generate_many",
+    "generate_many_async",
     "generation_inputs",
-    "itm_outputs",
+    "match_inputs",
     "stream_one",
+    "stream_one_async",
+    "stream_request",
 ]

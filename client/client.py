@@ -9,10 +9,9 @@ UNAVAILABLE is retried with backoff; failures raise the typed errors of ``vlpser
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
@@ -22,74 +21,28 @@ import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 from vlpserve.client import blip
-from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
+from vlpserve.client.calls import (
+    ClientBase,
+    bytes_input,
+    check_pairs,
+    classify_prompts,
+    logit_scale_of,
+    match_output,
+    probabilities,
+    requested,
+    result_arrays,
+    segment_request,
+    tensor_inputs,
+)
+from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
 from vlpserve.client.segmentation import Segmentation
-from vlpserve.contract import (
-    FRACTIONS,
-    IMAGE,
-    IMAGE_EMBEDS,
-    ITC_SCORE,
-    ITM_SCORE,
-    LABEL_MAP,
-    LABELS,
-    PARAM_LOGIT_SCALE,
-    SCORES,
-    TEXT,
-    TEXT_EMBEDS,
-    EmbeddingModels,
-    Family,
-    embedding_models,
-)
-from vlpserve.errors import (
-    ClientError,
-    DeadlineExceeded,
-    InvalidInput,
-    ModelNotReady,
-    ServerUnavailable,
-)
+from vlpserve.contract import IMAGE, IMAGE_EMBEDS, TEXT, TEXT_EMBEDS
+from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
-_ITEM = re.compile(r"\bitem (\d+)")
 
-
-def _status(exc: InferenceServerException) -> str:
-    return str(exc.status() or "").rsplit(".", 1)[-1]
-
-
-def translate_error(exc: InferenceServerException, model: str, offset: int = 0) -> ClientError:
-    """The typed error for a Triton failure; item numbers shifted by ``offset``."""
-    status = _status(exc)
-    message = exc.message() or str(exc)
-    if offset:
-        message = _ITEM.sub(lambda m: f"item {int(m.group(1)) + offset}", message)
-    text = f"{model}: {message}"
-    if "unknown model" in message or "is not ready" in message or status == "NOT_FOUND":
-        return ModelNotReady(text)
-    if status == "INVALID_ARGUMENT":
-        return InvalidInput(text)
-    if status == "DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
-        return DeadlineExceeded(text)
-    if status == "UNAVAILABLE":
-        return ServerUnavailable(text)
-    return ClientError(text)
-
-
-def _bytes_input(name: str, items: list[bytes]) -> grpcclient.InferInput:
-    """A BYTES input of shape (items, 1)."""
-    array = np.array(items, dtype=object).reshape(-1, 1)
-    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
-    tensor.set_data_from_numpy(array)
-    return tensor
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
-
-
-class Client:
+class Client(ClientBase):
     """Client of one model family on a Triton server (gRPC).
 
     Args:
@@ -102,34 +55,11 @@ class Client:
         max_concurrency: requests in flight at once when a call is split.
     """
 
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        *,
-        family: Family | str = Family.CLIP,
-        timeout_s: float = 30.0,
-        retries: int = 3,
-        retry_backoff_s: float = 0.1,
-        max_concurrency: int = 8,
-    ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        if retries < 0 or max_concurrency < 1:
-            raise ValueError("retries must be >= 0 and max_concurrency >= 1")
-        self.url = url
-        family = Family(family)
-        # BLIP calls (caption, answer, match) name their models themselves.
-        self.models: EmbeddingModels = embedding_models(
-            Family.CLIP if family is Family.BLIP else family
-        )
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.retry_backoff_s = retry_backoff_s
+    def _open(self) -> None:
         self._local = threading.local()
         self._clients: list[grpcclient.InferenceServerClient] = []
         self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="vlp")
-        self._configs: dict[str, dict[str, Any]] = {}
+        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="vlp")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -150,12 +80,12 @@ class Client:
         for attempt in range(self.retries + 1):
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise DeadlineExceeded(f"{what}: no answer within {self.timeout_s} s")
+                raise self._expired(what)
             try:
                 return fn(self._grpc(), remaining)
             except InferenceServerException as exc:
-                error = translate_error(exc, what, offset)
-                if not isinstance(error, ServerUnavailable) or attempt == self.retries:
+                error = self._give_up(exc, what, offset, attempt)
+                if error is not None:
                     raise error from exc
                 logger.info("%s unavailable (attempt %d), retrying", what, attempt + 1)
                 time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
@@ -180,7 +110,7 @@ class Client:
         deadline = time.monotonic() + self.timeout_s
 
         def one(start: int) -> np.ndarray:
-            tensor = _bytes_input(name, items[start : start + size])
+            tensor = bytes_input(name, items[start : start + size])
 
             def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
                 result = client.infer(
@@ -216,11 +146,26 @@ class Client:
     @property
     def logit_scale(self) -> float:
         """exp(logit_scale) of the served checkpoint: the temperature of classify()."""
-        parameters = self.model_config(self.models.text.name).get("parameters", {})
-        try:
-            return float(parameters[PARAM_LOGIT_SCALE]["string_value"])
-        except (KeyError, ValueError) as exc:
-            raise ModelNotReady(f"{self.models.text.name} has no {PARAM_LOGIT_SCALE}") from exc
+        model = self.models.text.name
+        return logit_scale_of(model, self.model_config(model))
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, np.ndarray],
+        *,
+        outputs: Sequence[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One request to any served model at the tensor level (``clip_image_encoder``
+        with ``pixel_values``, say): named arrays in, named arrays out (all, or ``outputs``).
+        """
+        tensors = tensor_inputs(inputs)
+        wanted = requested(outputs)
+
+        def infer(client: grpcclient.InferenceServerClient, timeout: float) -> Any:
+            return client.infer(model, tensors, outputs=wanted, client_timeout=timeout)
+
+        return result_arrays(self._call(model, infer), outputs)
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings, one row per text (float32)."""
@@ -247,13 +192,10 @@ class Client:
         Each label is put into ``template`` and embedded; probabilities are
         softmax(logit_scale * image_embeds @ text_embeds.T), as CLIP's logits_per_image.
         """
-        if "{}" not in template:
-            raise InvalidInput("template must contain '{}' where the label goes")
-        texts_to_bytes(labels, "labels")  # a non-empty list of str, checked before any call
-        prompts = [template.format(label) for label in labels]
+        prompts = classify_prompts(labels, template)
         text = self.embed_texts(prompts)
         image = self.embed_images(images)
-        return softmax(self.logit_scale * image.astype(np.float64) @ text.T.astype(np.float64))
+        return probabilities(self.logit_scale, image, text)
 
     def segment(
         self, image: ImageInput, labels: Sequence[str], *, template: str | None = None
@@ -265,38 +207,14 @@ class Client:
             labels: label texts; each pixel gets the index of one of them.
             template: optional prompt such as ``"a photo of a {}."`` put around each label.
         """
-        if self.models.family is not Family.GROUPVIT:
-            raise InvalidInput(f"segment needs a GroupViT server, this client is {self.family}")
-        texts = texts_to_bytes(labels, "labels")
-        if template is not None:
-            if "{}" not in template:
-                raise InvalidInput("template must contain '{}' where the label goes")
-            texts = [template.format(label).encode() for label in labels]
-        data = image_to_bytes(image, 0)
-        model = self.models.segment.name
-        image_tensor = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
-        image_tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-        label_tensor = grpcclient.InferInput(LABELS, [1, len(texts)], "BYTES")
-        label_tensor.set_data_from_numpy(np.array([texts], dtype=object))
-        outputs = [grpcclient.InferRequestedOutput(n) for n in (LABEL_MAP, SCORES, FRACTIONS)]
+        request = segment_request(self.models, image, labels, template)
 
         def infer(client: grpcclient.InferenceServerClient, timeout: float) -> Any:
             return client.infer(
-                model, [image_tensor, label_tensor], outputs=outputs, client_timeout=timeout
+                request.model, request.inputs, outputs=request.outputs, client_timeout=timeout
             )
 
-        result = self._call(model, infer)
-        return Segmentation(
-            label_map=np.asarray(result.as_numpy(LABEL_MAP))[0],
-            labels=list(labels),
-            scores=np.asarray(result.as_numpy(SCORES))[0],
-            fractions=np.asarray(result.as_numpy(FRACTIONS))[0],
-            image=data,
-        )
-
-    @property
-    def family(self) -> str:
-        return self.models.family.value
+        return request.result(self._call(request.model, infer))
 
     # -- BLIP ---------------------------------------------------------------------------------
 
@@ -315,24 +233,14 @@ class Client:
         Hugging Face's BLIP returns them. All images go out together and are decoded in one
         batch on the server.
         """
-        blip.check_generation(max_new_tokens, num_beams, repetition_penalty)
-        return blip.generate_many(
-            self.url,
-            blip.CAPTION,
-            [
-                blip.generation_inputs(
-                    data,
-                    text_name=blip.PROMPT,
-                    text=prompt,
-                    max_new_tokens=max_new_tokens,
-                    num_beams=num_beams,
-                    repetition_penalty=repetition_penalty,
-                    stream=False,
-                )
-                for data in images_to_bytes(images)
-            ],
-            timeout_s=self.timeout_s,
+        requests = blip.caption_requests(
+            images,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            repetition_penalty=repetition_penalty,
         )
+        return blip.generate_many(self.url, blip.CAPTION, requests, timeout_s=self.timeout_s)
 
     def stream_caption(
         self,
@@ -347,16 +255,10 @@ class Client:
         The pieces join into the caption ``caption([image], ...)`` returns. Stopping early
         (``break``, or closing the iterator) cancels the request on the server.
         """
-        blip.check_generation(max_new_tokens, 1, repetition_penalty)
-        inputs = blip.generation_inputs(
-            image_to_bytes(image, 0),
-            text_name=blip.PROMPT,
-            text=prompt,
-            max_new_tokens=max_new_tokens,
-            num_beams=1,
+        inputs = blip.stream_request(
+            image, prompt=prompt, max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty,
-            stream=True,
-        )
+        )  # fmt: skip
         return blip.stream_one(self.url, blip.CAPTION, inputs, timeout_s=self.timeout_s)
 
     def answer(
@@ -368,28 +270,10 @@ class Client:
         num_beams: int = 1,
     ) -> list[str]:
         """BLIP VQA: one answer per (image, question) pair."""
-        blip.check_generation(max_new_tokens, num_beams, 1.0)
-        data = images_to_bytes(images)
-        texts = texts_to_bytes(questions, "questions")
-        if len(data) != len(texts):
-            raise InvalidInput(f"{len(data)} images but {len(texts)} questions: give pairs")
-        return blip.generate_many(
-            self.url,
-            blip.VQA,
-            [
-                blip.generation_inputs(
-                    image,
-                    text_name=blip.QUESTION,
-                    text=question.decode("utf-8"),
-                    max_new_tokens=max_new_tokens,
-                    num_beams=num_beams,
-                    repetition_penalty=1.0,
-                    stream=False,
-                )
-                for image, question in zip(data, texts, strict=True)
-            ],
-            timeout_s=self.timeout_s,
+        requests = blip.answer_requests(
+            images, questions, max_new_tokens=max_new_tokens, num_beams=num_beams
         )
+        return blip.generate_many(self.url, blip.VQA, requests, timeout_s=self.timeout_s)
 
     def match(
         self, images: Sequence[ImageInput], texts: Sequence[str], *, head: str = "itm"
@@ -400,21 +284,15 @@ class Client:
             head: ``"itm"`` for the match probability of the ITM head (re-ranking),
                 ``"itc"`` for the cosine of the contrastive features (retrieval).
         """
-        if head not in ("itm", "itc"):
-            raise InvalidInput(f"head must be 'itm' or 'itc', got {head!r}")
+        output = match_output(head)
         data = images_to_bytes(images)
         encoded = texts_to_bytes(texts)
-        if len(data) != len(encoded):
-            raise InvalidInput(f"{len(data)} images but {len(encoded)} texts: give pairs")
+        check_pairs(len(data), len(encoded), "texts")
         size = self.max_batch_size(blip.ITM)
-        output = ITM_SCORE if head == "itm" else ITC_SCORE
         deadline = time.monotonic() + self.timeout_s
 
         def one(start: int) -> np.ndarray:
-            pairs = [
-                _bytes_input(IMAGE, data[start : start + size]),
-                _bytes_input(TEXT, encoded[start : start + size]),
-            ]
+            pairs = blip.match_inputs(data, encoded, start, size)
 
             def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
                 result = client.infer(blip.ITM, pairs, client_timeout=timeout)

@@ -109,8 +109,8 @@ class _Reply:
                 self.sender.send(_text_response(text), flags=FINAL)
             elif text.startswith(self.sent) and len(text) > len(self.sent):
                 self.sender.send(_text_response(text[len(self.sent) :]), flags=FINAL)
-            else:
-                self.sender.send(flags=FINAL)
+            else:  # a final response with an (empty) TEXT: clients need no empty-final flag
+                self.sender.send(_text_response(""), flags=FINAL)
         except Exception:  # the client may be gone (cancelled): nothing left to tell it
             logger.info("could not send the final response", exc_info=True)
 

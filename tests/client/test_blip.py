@@ -169,6 +169,6 @@ def _raw_itm(url: str, image: bytes, text: bytes) -> None:
     try:
         raw.infer("blip_itm", inputs)
     except InferenceServerException as exc:
-        from vlpserve.client.client import translate_error
+        from vlpserve.client.calls import translate_error
 
         raise translate_error(exc, "blip_itm") from exc
