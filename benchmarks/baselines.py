@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlpserve.benchmarks.scenarios import QUESTIONS, SEGMENT_LABELS, TEXTS
+from vlpserve.export.common import read_report
 
 ProgressFn = Callable[[str], None]
 
@@ -113,26 +114,158 @@ def dual_encoder(
 
 
 def groupvit_segment(
-    checkpoint: str, photos: dict[str, bytes], *, batches: tuple[int, ...] = (1, 8)
+    checkpoint: str,
+    export_dir: Path,
+    photos: dict[str, bytes],
+    *,
+    batches: tuple[int, ...] = (1, 8),
 ) -> dict[str, dict[str, dict[int, float]]]:
-    """Images/s of Hugging Face GroupViT eager segmentation with 10 labels."""
+    """Images/s of GroupViT segmentation with 10 labels: Hugging Face eager
+    (``output_segmentation``) and ONNX Runtime (the exported graphs and the server's
+    post-processing: a label map at each photo's size)."""
     import torch
     from transformers import AutoProcessor, GroupViTModel
 
     device, dtype = _device()
     model = GroupViTModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
-    labels = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="pt")
-    labels = {k: v.to(device) for k, v in labels.items()}
+    labels = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="np")
+    label_feeds = {k: v.astype(np.int64) for k, v in labels.items()}
+    hf_labels = {k: torch.from_numpy(v).to(device) for k, v in label_feeds.items()}
+    segmenter = groupvit_ort_segmenter(export_dir, label_feeds)
 
-    def run(batch: int) -> Callable[[], object]:
-        values = processor.image_processor(images=_images(photos, batch), return_tensors="pt")
-        pixel = values["pixel_values"].to(device, dtype)
+    def pixels(batch: int) -> np.ndarray:
+        values = processor.image_processor(images=_images(photos, batch), return_tensors="np")
+        return np.asarray(values["pixel_values"], dtype=np.float32)
+
+    def hf(batch: int) -> Callable[[], object]:
+        values = torch.from_numpy(pixels(batch)).to(device, dtype)
         return lambda: torch.no_grad()(model)(
-            **labels, pixel_values=pixel, output_segmentation=True
+            **hf_labels, pixel_values=values, output_segmentation=True
         )
 
-    return {"groupvit_segment": {"hf_eager": _rates(batches, run)}}
+    def ort(batch: int) -> Callable[[], object]:
+        values = pixels(batch)
+        sizes = [(image.height, image.width) for image in _images(photos, batch)]
+        return lambda: segmenter(values, sizes)
+
+    return {
+        "groupvit_segment": {"hf_eager": _rates(batches, hf), "onnxruntime": _rates(batches, ort)}
+    }
+
+
+def groupvit_ort_segmenter(
+    export_dir: Path, label_feeds: dict[str, np.ndarray]
+) -> Callable[[np.ndarray, list[tuple[int, int]]], list[Any]]:
+    """``(pixel_values, image sizes) -> segmentations`` with the exported graphs in ONNX
+    Runtime and the server's post-processing, the labels' tokens given."""
+    from vlpserve.contract import GROUP_EMBEDS, GROUPING, IMAGE_EMBEDS, TEXT_EMBEDS
+    from vlpserve.model_repository.runtime.segmentation import segment
+
+    image_graph = _ort(export_dir / "image_encoder" / "model.onnx")
+    text_graph = _ort(export_dir / "text_encoder" / "model.onnx")
+    logit_scale = float(read_report(export_dir)["logit_scale"])
+
+    def run(values: np.ndarray, sizes: list[tuple[int, int]]) -> list[Any]:
+        embeds, groups, grouping = image_graph.run(
+            [IMAGE_EMBEDS, GROUP_EMBEDS, GROUPING], {"pixel_values": values}
+        )
+        (texts,) = text_graph.run([TEXT_EMBEDS], label_feeds)
+        return [
+            segment(
+                image_embeds=embeds[k],
+                group_embeds=groups[k],
+                grouping=grouping[k],
+                text_embeds=texts,
+                logit_scale=logit_scale,
+                model_size=(values.shape[2], values.shape[3]),
+                image_size=size,
+            )
+            for k, size in enumerate(sizes)
+        ]
+
+    return run
+
+
+class OrtCaptioner:
+    """BLIP captioning with ONNX Runtime on the exported graphs in process: the vision
+    encoder on a batch of pixel values, then the server's generation engine (the same
+    decoder graphs, batching and search) decoding all rows together.
+
+    Call it with pixel values; it returns each row's token ids. ``close()`` stops the engine.
+    """
+
+    def __init__(self, export_dir: Path, *, max_new_tokens: int, num_beams: int = 1) -> None:
+        from vlpserve.model_repository.runtime.generation import (
+            DecoderGraphs,
+            Engine,
+            GenerationParams,
+        )
+
+        report = read_report(export_dir)
+        self.bos = int(report["bos_token_id"])
+        self.vision = _ort(export_dir / "vision_encoder" / "model.onnx")
+        graphs = DecoderGraphs(
+            export_dir / "decoder_first" / "model.onnx",
+            export_dir / "decoder_step" / "model.onnx",
+            on_gpu=True,
+        )
+        self.params = GenerationParams(max_new_tokens=max_new_tokens, num_beams=num_beams)
+        self.engine = Engine(graphs, eos=int(report["sep_token_id"]))
+
+    def __call__(self, pixels: np.ndarray) -> list[list[int]]:
+        import threading
+
+        from vlpserve.contract import IMAGE_EMBEDS, PIXEL_VALUES
+        from vlpserve.model_repository.runtime.generation import Job
+
+        (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
+        finished = threading.Semaphore(0)
+        results: list[list[int] | str | None] = [None] * len(pixels)
+        for row in range(len(pixels)):
+
+            def done(ids: list[int] | None, error: str | None, row: int = row) -> None:
+                results[row] = ids if error is None else error
+                finished.release()
+
+            job = Job(prompt=[self.bos], states=embeds[row], params=self.params, on_done=done)
+            self.engine.submit(job)
+        for _ in range(len(pixels)):
+            finished.acquire()
+        out = []
+        for result in results:
+            if not isinstance(result, list):
+                raise RuntimeError(f"generation failed: {result}")
+            out.append(result)
+        return out
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def blip_caption_ort(
+    export_dir: Path,
+    photos: dict[str, bytes],
+    *,
+    max_new_tokens: int,
+    num_beams: int = 1,
+    batches: tuple[int, ...] = (1, 8),
+) -> dict[int, float]:
+    """Captions/s of ``OrtCaptioner`` (ONNX Runtime and the server's engine, in process)."""
+    from vlpserve.model_repository.runtime.images import ImagePreprocessing
+
+    steps = ImagePreprocessing.from_file(export_dir / "preprocessor" / "preprocessor_config.json")
+    data = list(photos.values())
+    captioner = OrtCaptioner(export_dir, max_new_tokens=max_new_tokens, num_beams=num_beams)
+
+    def run(batch: int) -> Callable[[], object]:
+        pixels = np.stack([steps.preprocess(data[i % len(data)], i) for i in range(batch)])
+        return lambda: captioner(pixels)
+
+    try:
+        return {batch: batch / median_s(run(batch), repeats=3) for batch in batches}
+    finally:
+        captioner.close()
 
 
 def blip_generate(

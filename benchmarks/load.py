@@ -1,4 +1,4 @@
-"""Load generation with the asyncio gRPC client: closed loop (fixed concurrency) and open
+"""Load generation with vlpserve's AsyncClient: closed loop (fixed concurrency) and open
 loop (fixed request rate), each with warm-up and a fixed measuring window."""
 
 from __future__ import annotations
@@ -55,46 +55,14 @@ def summarize(latencies_s: list[float]) -> dict[str, float]:
 
 
 def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:
-    """A coroutine function sending request ``i`` of a scenario; returns its item count.
+    """A coroutine function sending request ``i`` of a scenario with ``client`` (an
+    AsyncClient of the scenario's family); returns its item count.
 
     Every request is bounded by ``timeout_s`` (a lost answer is an error, not a hang)."""
-    import tritonclient.grpc.aio as aio
-
-    from vlpserve.dtypes import from_numpy
-
-    def tensors(i: int) -> list[Any]:
-        out = []
-        for name, array in scenario.inputs(i):
-            tensor = aio.InferInput(name, list(array.shape), from_numpy(array.dtype).wire)
-            tensor.set_data_from_numpy(array)
-            out.append(tensor)
-        return out
-
-    async def infer(i: int) -> int:
-        await client.infer(scenario.model, tensors(i), client_timeout=timeout_s)
-        return scenario.items_per_request
-
-    async def stream(i: int) -> int:
-        async def requests() -> Any:
-            yield {
-                "model_name": scenario.model,
-                "inputs": tensors(i),
-                "request_id": str(i),
-                "enable_empty_final_response": True,
-            }
-
-        async for result, error in client.stream_infer(requests(), stream_timeout=timeout_s):
-            if error is not None:
-                raise error
-            final = result.get_response().parameters.get("triton_final_response")
-            if final is not None and final.bool_param:
-                return scenario.items_per_request
-        raise RuntimeError("stream ended without a final response")
-
-    call = stream if scenario.streaming else infer
 
     async def bounded(i: int) -> int:
-        return await asyncio.wait_for(call(i), timeout_s)
+        await asyncio.wait_for(scenario.send(client, i), timeout_s)
+        return scenario.items_per_request
 
     return bounded
 

@@ -1,4 +1,5 @@
-"""Benchmark scenarios: one request of each served task, built for the asyncio gRPC client.
+"""Benchmark scenarios: one request of each served task, sent with vlpserve's AsyncClient
+(the task-level call a production service makes, or ``infer`` at the tensor level).
 
 A scenario is present when its model is served; one for a family that is not served is
 simply absent, never faked.
@@ -7,22 +8,14 @@ simply absent, never faked.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import (
-    IMAGE,
-    LABELS,
-    MAX_NEW_TOKENS,
-    NUM_BEAMS,
-    PIXEL_VALUES,
-    QUESTION,
-    STREAM,
-    TEXT,
-)
+from vlpserve.client import AsyncClient
+from vlpserve.contract import PIXEL_VALUES
 
 # Sentences of about 16 tokens, as the CLIP text target speaks of.
 TEXTS = (
@@ -53,23 +46,16 @@ def jpeg_photos(photos: dict[str, bytes]) -> list[bytes]:
 class Scenario:
     """One served task under load.
 
-    ``inputs(i)`` builds request ``i`` as (name, numpy array) pairs; ``streaming`` requests
-    go through the streaming RPC (decoupled models).
+    ``send(client, i)`` makes request ``i`` with an AsyncClient of the scenario's family.
     """
 
     name: str
     model: str
     stats_models: tuple[str, ...]
-    inputs: Callable[[int], list[tuple[str, np.ndarray]]]
+    send: Callable[[AsyncClient, int], Awaitable[Any]]
     items_per_request: int = 1
-    streaming: bool = False
     family: str = "clip"
     description: str = ""
-
-
-def _bytes(value: bytes | str, shape: tuple[int, ...] = (1, 1)) -> np.ndarray:
-    data = value.encode() if isinstance(value, str) else value
-    return np.array([data], dtype=object).reshape(shape)
 
 
 def build_scenarios(
@@ -81,19 +67,8 @@ def build_scenarios(
     def pick(seq: Any, i: int) -> Any:
         return seq[i % len(seq)]
 
-    def generation(max_new: int, beams: int, text_name: str | None, texts: Any) -> Callable:
-        def inputs(i: int) -> list[tuple[str, np.ndarray]]:
-            out = [
-                (IMAGE, _bytes(pick(jpegs, i), (1,))),
-                (MAX_NEW_TOKENS, np.array([max_new], dtype=np.int32)),
-                (NUM_BEAMS, np.array([beams], dtype=np.int32)),
-                (STREAM, np.array([False])),
-            ]
-            if text_name:
-                out.append((text_name, _bytes(pick(texts, i), (1,))))
-            return out
-
-        return inputs
+    def caption(beams: int) -> Callable[[AsyncClient, int], Awaitable[Any]]:
+        return lambda c, i: c.caption([pick(jpegs, i)], max_new_tokens=20, num_beams=beams)
 
     scenarios = [
         Scenario(
@@ -101,14 +76,14 @@ def build_scenarios(
             model="clip_text",
             # python runtime: clip_text is one model; onnxruntime: an ensemble of the others
             stats_models=("clip_text", "clip_tokenizer", "clip_text_encoder"),
-            inputs=lambda i: [(TEXT, _bytes(pick(TEXTS, i)))],
+            send=lambda c, i: c.embed_texts([pick(TEXTS, i)]),
             description="one text (about 16 tokens) per request",
         ),
         Scenario(
             name="clip_image",
             model="clip_image",
             stats_models=("clip_image_preprocessor", "clip_image_encoder"),
-            inputs=lambda i: [(IMAGE, _bytes(pick(jpegs, i)))],
+            send=lambda c, i: c.embed_images([pick(jpegs, i)]),
             description="one JPEG per request, decoded and preprocessed in the server",
         ),
         Scenario(
@@ -120,10 +95,7 @@ def build_scenarios(
                 "groupvit_text",
                 "groupvit_text_encoder",
             ),
-            inputs=lambda i: [
-                (IMAGE, _bytes(pick(jpegs, i))),
-                (LABELS, np.array([[s.encode() for s in SEGMENT_LABELS]], dtype=object)),
-            ],
+            send=lambda c, i: c.segment(pick(jpegs, i), SEGMENT_LABELS),
             family="groupvit",
             description="one JPEG and 10 labels per request",
         ),
@@ -131,8 +103,7 @@ def build_scenarios(
             name="blip_caption",
             model="blip_caption",
             stats_models=("blip_caption",),
-            inputs=generation(20, 1, None, None),
-            streaming=True,
+            send=caption(1),
             family="blip",
             description="greedy, 20 new tokens",
         ),
@@ -140,8 +111,7 @@ def build_scenarios(
             name="blip_caption_beam3",
             model="blip_caption",
             stats_models=("blip_caption",),
-            inputs=generation(20, 3, None, None),
-            streaming=True,
+            send=caption(3),
             family="blip",
             description="beam search, 3 beams, 20 new tokens",
         ),
@@ -149,8 +119,7 @@ def build_scenarios(
             name="blip_vqa",
             model="blip_vqa",
             stats_models=("blip_vqa",),
-            inputs=generation(10, 1, QUESTION, QUESTIONS),
-            streaming=True,
+            send=lambda c, i: c.answer([pick(jpegs, i)], [pick(QUESTIONS, i)], max_new_tokens=10),
             family="blip",
             description="greedy, 10 new tokens",
         ),
@@ -158,7 +127,7 @@ def build_scenarios(
             name="blip_itm",
             model="blip_itm",
             stats_models=("blip_itm",),
-            inputs=lambda i: [(IMAGE, _bytes(pick(jpegs, i))), (TEXT, _bytes(pick(TEXTS, i)))],
+            send=lambda c, i: c.match([pick(jpegs, i)], [pick(TEXTS, i)]),
             family="blip",
             description="one (JPEG, text) pair per request",
         ),
@@ -170,7 +139,9 @@ def build_scenarios(
                 name="clip_image_tensor",
                 model="clip_image_encoder",
                 stats_models=("clip_image_encoder",),
-                inputs=lambda i: [(PIXEL_VALUES, pick(pixel_values, i)[None])],
+                send=lambda c, i: c.infer(
+                    "clip_image_encoder", {PIXEL_VALUES: pick(pixel_values, i)[None]}
+                ),
                 description="one preprocessed pixel_values tensor per request (tensor level)",
             ),
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from vlpserve.benchmarks import ALL_SCENARIOS, BenchOptions, run_bench
@@ -192,3 +193,75 @@ def test_blip_itm_baseline(blip_checkpoints, photos) -> None:
     rates = baselines.blip_itm(str(blip_checkpoints["itm"]), photos, batches=(1, 2))
     assert set(rates["hf_eager"]) == {1, 2}
     assert all(rate > 0 for rate in rates["hf_eager"].values())
+
+
+def test_groupvit_baselines_compute_hugging_face_segmentation(
+    groupvit_checkpoint, groupvit_export, photos
+) -> None:
+    """The ONNX Runtime baseline does HF's work: its label maps at the model's input size
+    are the argmax of HF's segmentation logits for the same pixels and labels."""
+    import torch
+    from transformers import AutoProcessor, GroupViTModel
+
+    from vlpserve.benchmarks import baselines
+    from vlpserve.benchmarks.scenarios import SEGMENT_LABELS
+
+    rates = baselines.groupvit_segment(
+        str(groupvit_checkpoint), groupvit_export, photos, batches=(1, 2)
+    )["groupvit_segment"]
+    assert set(rates) == {"hf_eager", "onnxruntime"}
+    assert all(set(r) == {1, 2} and min(r.values()) > 0 for r in rates.values())
+
+    processor = AutoProcessor.from_pretrained(groupvit_checkpoint)
+    model = GroupViTModel.from_pretrained(groupvit_checkpoint).eval()
+    tokens = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="np")
+    feeds = {k: v.astype("int64") for k, v in tokens.items()}
+    pixels = processor.image_processor(
+        images=baselines._images(photos, len(photos)), return_tensors="np"
+    )["pixel_values"].astype("float32")
+    size = (pixels.shape[2], pixels.shape[3])
+    ours = baselines.groupvit_ort_segmenter(groupvit_export, feeds)(pixels, [size] * len(pixels))
+    with torch.no_grad():
+        hf = model(
+            **{k: torch.from_numpy(v) for k, v in feeds.items()},
+            pixel_values=torch.from_numpy(pixels),
+            output_segmentation=True,
+        ).segmentation_logits.argmax(1)
+    for result, expected in zip(ours, hf.numpy(), strict=True):
+        assert (result.label_map == expected).mean() >= 0.999
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_blip_caption_ort_baseline_equals_hugging_face(
+    blip_checkpoints, blip_exports, photos, beams: int
+) -> None:
+    """The ONNX Runtime BLIP baseline (exported graphs and the server's engine, in process)
+    generates Hugging Face's tokens, so its rate is of the same work."""
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from vlpserve.benchmarks import baselines
+    from vlpserve.model_repository.runtime.images import ImagePreprocessing
+
+    export = blip_exports["caption"]
+    rates = baselines.blip_caption_ort(
+        export, photos, max_new_tokens=5, num_beams=beams, batches=(1, 2)
+    )
+    assert set(rates) == {1, 2} and min(rates.values()) > 0
+
+    steps = ImagePreprocessing.from_file(export / "preprocessor" / "preprocessor_config.json")
+    pixels = np.stack([steps.preprocess(data, i) for i, data in enumerate(photos.values())])
+    captioner = baselines.OrtCaptioner(export, max_new_tokens=8, num_beams=beams)
+    try:
+        ours = captioner(pixels)
+    finally:
+        captioner.close()
+    model = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
+    processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    images = baselines._images(photos, len(photos))
+    inputs = processor(images=images, return_tensors="pt")
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=8, num_beams=beams)
+    for ids, row in zip(ours, expected, strict=True):
+        text = processor.decode(row, skip_special_tokens=True)
+        assert processor.decode(ids, skip_special_tokens=True) == text
