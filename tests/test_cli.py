@@ -66,3 +66,23 @@ def test_bad_arguments_exit_2() -> None:
     with pytest.raises(SystemExit) as info:
         main(["export", "groupvit-nope"])
     assert info.value.code == 2
+
+
+def test_prepared_repository_holds_only_the_requested_checkpoints(
+    clip_export: Path, groupvit_export: Path, tmp_path: Path
+) -> None:
+    """A second bench/demo deployment into the same workdir serves only what it asks for."""
+    from vlpserve.demo import prepare_repository
+    from vlpserve.export.common import read_report
+
+    def prepared(name: str, source: Path) -> set[str]:
+        # the export is current, so it is reused; only the repository is rebuilt
+        export = tmp_path / f"export-{name}"
+        shutil.copytree(source, export)
+        checkpoint = read_report(export)["source"]
+        repo, deployed = prepare_repository(tmp_path, (name,), models={name: checkpoint})
+        assert deployed[name][1] == export
+        return {p.name for p in repo.iterdir()}
+
+    assert all(m.startswith("clip_") for m in prepared("clip", clip_export))
+    assert all(m.startswith("groupvit_") for m in prepared("groupvit", groupvit_export))

@@ -9,6 +9,7 @@ answers are then meaningless, the costs are the real ones.
 
 from __future__ import annotations
 
+import shutil
 import statistics
 import time
 from collections.abc import Callable
@@ -91,6 +92,10 @@ def prepare_repository(
 
     workdir.mkdir(parents=True, exist_ok=True)
     repo = workdir / "model_repository"
+    # An output folder: built afresh, so the server loads only these checkpoints (models of
+    # an earlier run would take memory and load time, and be served unasked).
+    if repo.exists():
+        shutil.rmtree(repo)
     deployed = {}
     for name in names:
         family, hub_id, builder = CHECKPOINTS[name]
