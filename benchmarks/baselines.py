@@ -44,7 +44,7 @@ def _ort(path: Path) -> Any:
     return ort_session(path, on_gpu=True)  # CUDA first where ORT has it, as served
 
 
-def _images(photos: dict[str, bytes], count: int) -> list[Any]:
+def sample_images(photos: dict[str, bytes], count: int) -> list[Any]:
     from PIL import Image
 
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
@@ -81,7 +81,7 @@ def dual_encoder(
         return dict(processor.tokenizer(texts, padding=True, return_tensors="np"))
 
     def pixels(batch: int) -> np.ndarray:
-        return processor.image_processor(images=_images(photos, batch), return_tensors="np")[
+        return processor.image_processor(images=sample_images(photos, batch), return_tensors="np")[
             "pixel_values"
         ].astype(np.float32)
 
@@ -135,7 +135,7 @@ def groupvit_segment(
     segmenter = groupvit_ort_segmenter(export_dir, label_feeds)
 
     def pixels(batch: int) -> np.ndarray:
-        values = processor.image_processor(images=_images(photos, batch), return_tensors="np")
+        values = processor.image_processor(images=sample_images(photos, batch), return_tensors="np")
         return np.asarray(values["pixel_values"], dtype=np.float32)
 
     def hf(batch: int) -> Callable[[], object]:
@@ -146,7 +146,7 @@ def groupvit_segment(
 
     def ort(batch: int) -> Callable[[], object]:
         values = pixels(batch)
-        sizes = [(image.height, image.width) for image in _images(photos, batch)]
+        sizes = [(image.height, image.width) for image in sample_images(photos, batch)]
         return lambda: segmenter(values, sizes)
 
     return {
@@ -187,15 +187,18 @@ def groupvit_ort_segmenter(
     return run
 
 
-class OrtCaptioner:
-    """BLIP captioning with ONNX Runtime on the exported graphs in process: the vision
-    encoder on a batch of pixel values, then the server's generation engine (the same
-    decoder graphs, batching and search) decoding all rows together.
+class OrtGenerator:
+    """BLIP captioning or VQA with ONNX Runtime on the exported graphs in process: the
+    vision encoder on a batch of pixel values (and, for VQA, the question encoder on each
+    question, as the server runs it), then the server's generation engine (the same decoder
+    graphs, batching and search) decoding all rows together.
 
-    Call it with pixel values; it returns each row's token ids. ``close()`` stops the engine.
+    Call it with pixel values (and questions); it returns each row's token ids.
+    ``close()`` stops the engine.
     """
 
     def __init__(self, export_dir: Path, *, max_new_tokens: int, num_beams: int = 1) -> None:
+        from vlpserve.model_repository.runtime.blip_common import BlipText
         from vlpserve.model_repository.runtime.generation import (
             DecoderGraphs,
             Engine,
@@ -203,8 +206,13 @@ class OrtCaptioner:
         )
 
         report = read_report(export_dir)
+        self.kind = str(report["kind"])
         self.bos = int(report["bos_token_id"])
+        self.text = BlipText(export_dir / "tokenizer")
         self.vision = _ort(export_dir / "vision_encoder" / "model.onnx")
+        self.question_encoder = (
+            _ort(export_dir / "question_encoder" / "model.onnx") if self.kind == "vqa" else None
+        )
         graphs = DecoderGraphs(
             export_dir / "decoder_first" / "model.onnx",
             export_dir / "decoder_step" / "model.onnx",
@@ -213,24 +221,44 @@ class OrtCaptioner:
         self.params = GenerationParams(max_new_tokens=max_new_tokens, num_beams=num_beams)
         self.engine = Engine(graphs, eos=int(report["sep_token_id"]))
 
-    def __call__(self, pixels: np.ndarray) -> list[list[int]]:
-        import threading
-
-        from vlpserve.contract import IMAGE_EMBEDS, PIXEL_VALUES
-        from vlpserve.model_repository.runtime.generation import Job
+    def _states(self, pixels: np.ndarray, questions: list[str] | None) -> list[np.ndarray]:
+        from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES
+        from vlpserve.model_repository.runtime.blip_common import feeds_for
 
         (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
+        if self.question_encoder is None:
+            return list(embeds)
+        if questions is None or len(questions) != len(pixels):
+            raise ValueError("VQA needs one question per image")
+        states = []
+        for row, question in enumerate(questions):
+            ids = np.array([self.text.encode(question)], dtype=np.int64)
+            feeds = {
+                INPUT_IDS: ids,
+                ATTENTION_MASK: np.ones_like(ids),
+                IMAGE_EMBEDS: embeds[row : row + 1],
+            }
+            (encoded,) = self.question_encoder.run(None, feeds_for(self.question_encoder, feeds))
+            states.append(encoded[0])
+        return states
+
+    def __call__(self, pixels: np.ndarray, questions: list[str] | None = None) -> list[list[int]]:
+        import threading
+
+        from vlpserve.model_repository.runtime.generation import Job
+
+        states = self._states(pixels, questions)
         finished = threading.Semaphore(0)
-        results: list[list[int] | str | None] = [None] * len(pixels)
-        for row in range(len(pixels)):
+        results: list[list[int] | str | None] = [None] * len(states)
+        for row, row_states in enumerate(states):
 
             def done(ids: list[int] | None, error: str | None, row: int = row) -> None:
                 results[row] = ids if error is None else error
                 finished.release()
 
-            job = Job(prompt=[self.bos], states=embeds[row], params=self.params, on_done=done)
+            job = Job(prompt=[self.bos], states=row_states, params=self.params, on_done=done)
             self.engine.submit(job)
-        for _ in range(len(pixels)):
+        for _ in states:
             finished.acquire()
         out = []
         for result in results:
@@ -243,7 +271,7 @@ class OrtCaptioner:
         self.engine.close()
 
 
-def blip_caption_ort(
+def blip_generate_ort(
     export_dir: Path,
     photos: dict[str, bytes],
     *,
@@ -251,21 +279,23 @@ def blip_caption_ort(
     num_beams: int = 1,
     batches: tuple[int, ...] = (1, 8),
 ) -> dict[int, float]:
-    """Captions/s of ``OrtCaptioner`` (ONNX Runtime and the server's engine, in process)."""
+    """Captions (or answers) per second of ``OrtGenerator``: ONNX Runtime and the server's
+    engine, in process."""
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
 
     steps = ImagePreprocessing.from_file(export_dir / "preprocessor" / "preprocessor_config.json")
     data = list(photos.values())
-    captioner = OrtCaptioner(export_dir, max_new_tokens=max_new_tokens, num_beams=num_beams)
+    generator = OrtGenerator(export_dir, max_new_tokens=max_new_tokens, num_beams=num_beams)
 
     def run(batch: int) -> Callable[[], object]:
         pixels = np.stack([steps.preprocess(data[i % len(data)], i) for i in range(batch)])
-        return lambda: captioner(pixels)
+        questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)]
+        return lambda: generator(pixels, questions if generator.kind == "vqa" else None)
 
     try:
         return {batch: batch / median_s(run(batch), repeats=3) for batch in batches}
     finally:
-        captioner.close()
+        generator.close()
 
 
 def blip_generate(
@@ -291,7 +321,7 @@ def blip_generate(
     def run(batch: int) -> Callable[[], object]:
         texts = [QUESTIONS[i % len(QUESTIONS)] for i in range(batch)] if kind == "vqa" else None
         inputs = processor(
-            images=_images(photos, batch), text=texts, padding=True, return_tensors="pt"
+            images=sample_images(photos, batch), text=texts, padding=True, return_tensors="pt"
         )
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -303,21 +333,32 @@ def blip_generate(
 
 
 def blip_itm(
-    checkpoint: str, photos: dict[str, bytes], *, batches: tuple[int, ...] = (1, 8)
+    checkpoint: str,
+    export_dir: Path,
+    photos: dict[str, bytes],
+    *,
+    batches: tuple[int, ...] = (1, 8),
 ) -> dict[str, dict[int, float]]:
-    """Pairs/s of Hugging Face BLIP image-text matching: the ITM head and the ITC cosine,
-    both of which the served ``blip_itm`` returns for every pair."""
+    """Pairs/s of BLIP image-text matching, the ITM head and the ITC cosine, both of which
+    the served ``blip_itm`` returns for every pair: Hugging Face eager, and ONNX Runtime on
+    the exported graphs (``blip_itm_ort``)."""
     import torch
     from transformers import BlipForImageTextRetrieval, BlipProcessor
 
     device, dtype = _device()
     model = BlipForImageTextRetrieval.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = BlipProcessor.from_pretrained(checkpoint)
+    scorer = blip_itm_ort(export_dir)
 
-    def run(batch: int) -> Callable[[], object]:
-        texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
+    def texts(batch: int) -> list[str]:
+        return [TEXTS[i % len(TEXTS)] for i in range(batch)]
+
+    def hf(batch: int) -> Callable[[], object]:
         inputs = processor(
-            images=_images(photos, batch), text=texts, padding=True, return_tensors="pt"
+            images=sample_images(photos, batch),
+            text=texts(batch),
+            padding=True,
+            return_tensors="pt",
         )
         inputs = {k: v.to(device) for k, v in inputs.items()}
         inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
@@ -328,4 +369,37 @@ def blip_itm(
 
         return both
 
-    return {"hf_eager": {batch: batch / median_s(run(batch), repeats=3) for batch in batches}}
+    def ort(batch: int) -> Callable[[], object]:
+        pixels = processor.image_processor(images=sample_images(photos, batch), return_tensors="np")
+        values = np.asarray(pixels["pixel_values"], dtype=np.float32)
+        return lambda: scorer(values, texts(batch))
+
+    return {
+        "hf_eager": {batch: batch / median_s(hf(batch), repeats=3) for batch in batches},
+        "onnxruntime": {batch: batch / median_s(ort(batch), repeats=3) for batch in batches},
+    }
+
+
+def blip_itm_ort(
+    export_dir: Path,
+) -> Callable[[np.ndarray, list[str]], tuple[np.ndarray, np.ndarray]]:
+    """``(pixel_values, texts) -> (ITM probability, ITC cosine)`` per pair, with the exported
+    graphs in ONNX Runtime, computed as the served ``blip_itm`` computes them."""
+    from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
+    from vlpserve.model_repository.runtime.blip_common import BlipText, feeds_for
+
+    text = BlipText(export_dir / "tokenizer")
+    vision = _ort(export_dir / "vision_encoder" / "model.onnx")
+    itm_head = _ort(export_dir / "itm_head" / "model.onnx")
+    text_feat = _ort(export_dir / "text_feat" / "model.onnx")
+
+    def run(pixels: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        embeds, image_feat = vision.run([IMAGE_EMBEDS, IMAGE_FEAT], {PIXEL_VALUES: pixels})
+        ids, mask = text.batch(texts)
+        feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, IMAGE_EMBEDS: embeds}
+        (logits,) = itm_head.run(None, feeds_for(itm_head, feeds))
+        (features,) = text_feat.run(None, feeds_for(text_feat, feeds))
+        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return shifted[:, 1] / shifted.sum(axis=1), np.sum(image_feat * features, axis=1)
+
+    return run

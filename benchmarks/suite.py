@@ -199,15 +199,16 @@ def _baselines(
                 source, export_dir = deployed["blip-caption"]
                 out[name] = baselines.blip_generate(
                     "caption", source, photos, max_new_tokens=20, num_beams=beams
-                ) | {"onnxruntime": baselines.blip_caption_ort(
+                ) | {"onnxruntime": baselines.blip_generate_ort(
                     export_dir, photos, max_new_tokens=20, num_beams=beams
                 )}  # fmt: skip
     if "blip-itm" in deployed and "blip_itm" in wanted:
-        out["blip_itm"] = baselines.blip_itm(deployed["blip-itm"][0], photos)
+        out["blip_itm"] = baselines.blip_itm(*deployed["blip-itm"], photos)
     if "blip-vqa" in deployed and "blip_vqa" in wanted:
-        out["blip_vqa"] = baselines.blip_generate(
-            "vqa", deployed["blip-vqa"][0], photos, max_new_tokens=10
-        )
+        source, export_dir = deployed["blip-vqa"]
+        out["blip_vqa"] = baselines.blip_generate("vqa", source, photos, max_new_tokens=10) | {
+            "onnxruntime": baselines.blip_generate_ort(export_dir, photos, max_new_tokens=10)
+        }
     return out
 
 

@@ -187,12 +187,59 @@ def test_engine_metrics_parsing() -> None:
     assert engine_delta(after, after, window_s=4.0) == {}  # idle: nothing to report
 
 
-def test_blip_itm_baseline(blip_checkpoints, photos) -> None:
+def test_blip_itm_baselines_equal_hugging_face(blip_checkpoints, blip_exports, photos) -> None:
+    """Both ITM baselines run, and the ONNX Runtime one scores pairs as Hugging Face does."""
+    import torch
+    from transformers import BlipForImageTextRetrieval, BlipProcessor
+
     from vlpserve.benchmarks import baselines
 
-    rates = baselines.blip_itm(str(blip_checkpoints["itm"]), photos, batches=(1, 2))
-    assert set(rates["hf_eager"]) == {1, 2}
-    assert all(rate > 0 for rate in rates["hf_eager"].values())
+    rates = baselines.blip_itm(
+        str(blip_checkpoints["itm"]), blip_exports["itm"], photos, batches=(1, 2)
+    )
+    assert set(rates) == {"hf_eager", "onnxruntime"}
+    assert all(set(r) == {1, 2} and min(r.values()) > 0 for r in rates.values())
+
+    processor = BlipProcessor.from_pretrained(blip_checkpoints["itm"])
+    model = BlipForImageTextRetrieval.from_pretrained(blip_checkpoints["itm"]).eval()
+    images = baselines.sample_images(photos, len(photos))
+    texts = ["a cat", "a cup of coffee on a table", "an astronaut", "a rocket launch"]
+    inputs = processor(images=images, text=texts, padding=True, return_tensors="pt")
+    itm, itc = baselines.blip_itm_ort(blip_exports["itm"])(inputs["pixel_values"].numpy(), texts)
+    with torch.no_grad():
+        logits = model(**inputs, use_itm_head=True).itm_score
+        cosine = model(**inputs, use_itm_head=False).itm_score
+    np.testing.assert_allclose(itm, logits.softmax(dim=1)[:, 1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(itc, np.diag(cosine.numpy()), atol=1e-4)
+
+
+def test_blip_vqa_ort_baseline_equals_hugging_face(blip_checkpoints, blip_exports, photos):
+    import torch
+    from transformers import BlipForQuestionAnswering, BlipProcessor
+
+    from vlpserve.benchmarks import baselines
+    from vlpserve.benchmarks.scenarios import QUESTIONS
+
+    export = blip_exports["vqa"]
+    rates = baselines.blip_generate_ort(export, photos, max_new_tokens=4, batches=(2,))
+    assert set(rates) == {2} and rates[2] > 0
+    processor = BlipProcessor.from_pretrained(blip_checkpoints["vqa"])
+    model = BlipForQuestionAnswering.from_pretrained(blip_checkpoints["vqa"]).eval()
+    images = baselines.sample_images(photos, len(photos))
+    questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
+    generator = baselines.OrtGenerator(export, max_new_tokens=6)
+    try:
+        pixels = processor.image_processor(images=images, return_tensors="np")["pixel_values"]
+        ours = generator(pixels.astype(np.float32), questions)
+    finally:
+        generator.close()
+    for image, question, ids in zip(images, questions, ours, strict=True):
+        inputs = processor(images=image, text=question, return_tensors="pt")
+        with torch.no_grad():
+            expected = model.generate(**inputs, max_new_tokens=6)
+        assert processor.decode(ids, skip_special_tokens=True) == processor.decode(
+            expected[0], skip_special_tokens=True
+        )
 
 
 def test_groupvit_baselines_compute_hugging_face_segmentation(
@@ -217,7 +264,7 @@ def test_groupvit_baselines_compute_hugging_face_segmentation(
     tokens = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="np")
     feeds = {k: v.astype("int64") for k, v in tokens.items()}
     pixels = processor.image_processor(
-        images=baselines._images(photos, len(photos)), return_tensors="np"
+        images=baselines.sample_images(photos, len(photos)), return_tensors="np"
     )["pixel_values"].astype("float32")
     size = (pixels.shape[2], pixels.shape[3])
     ours = baselines.groupvit_ort_segmenter(groupvit_export, feeds)(pixels, [size] * len(pixels))
@@ -244,21 +291,21 @@ def test_blip_caption_ort_baseline_equals_hugging_face(
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
 
     export = blip_exports["caption"]
-    rates = baselines.blip_caption_ort(
+    rates = baselines.blip_generate_ort(
         export, photos, max_new_tokens=5, num_beams=beams, batches=(1, 2)
     )
     assert set(rates) == {1, 2} and min(rates.values()) > 0
 
     steps = ImagePreprocessing.from_file(export / "preprocessor" / "preprocessor_config.json")
     pixels = np.stack([steps.preprocess(data, i) for i, data in enumerate(photos.values())])
-    captioner = baselines.OrtCaptioner(export, max_new_tokens=8, num_beams=beams)
+    captioner = baselines.OrtGenerator(export, max_new_tokens=8, num_beams=beams)
     try:
         ours = captioner(pixels)
     finally:
         captioner.close()
     model = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
     processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
-    images = baselines._images(photos, len(photos))
+    images = baselines.sample_images(photos, len(photos))
     inputs = processor(images=images, return_tensors="pt")
     with torch.no_grad():
         expected = model.generate(**inputs, max_new_tokens=8, num_beams=beams)
