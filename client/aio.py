@@ -8,6 +8,7 @@ them at once, at most ``max_concurrency`` at a time.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
@@ -19,16 +20,17 @@ from tritonclient.utils import InferenceServerException
 
 from vlpserve.client import blip
 from vlpserve.client.calls import (
+    ChunkInputs,
     ClientBase,
     bytes_input,
     check_pairs,
-    classify_prompts,
     logit_scale_of,
     match_output,
     probabilities,
     requested,
     result_arrays,
     segment_request,
+    templated,
     tensor_inputs,
 )
 from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
@@ -93,16 +95,6 @@ class AsyncClient(ClientBase):
         async with self._limit:
             return await call
 
-    async def _chunks(
-        self, size: int, count: int, one: Callable[[int], Awaitable[np.ndarray]]
-    ) -> np.ndarray:
-        """``one(start)`` for every chunk of ``size`` items, concurrently; stacked."""
-        starts = range(0, count, size)
-        if len(starts) == 1:
-            return await one(0)
-        parts = await asyncio.gather(*(self._limited(one(start)) for start in starts))
-        return np.concatenate(parts)
-
     async def model_config(self, model: str) -> dict[str, Any]:
         """A served model's configuration (cached)."""
         if model not in self._configs:
@@ -117,24 +109,38 @@ class AsyncClient(ClientBase):
     async def max_batch_size(self, model: str) -> int:
         return int((await self.model_config(model)).get("max_batch_size", 0)) or 1
 
-    async def _infer_bytes(
-        self, model: str, name: str, items: list[bytes], output: str
+    async def _infer_chunks(
+        self, model: str, count: int, inputs_of: ChunkInputs, output: str
     ) -> np.ndarray:
-        """Send BYTES items in chunks of max_batch_size, concurrently; stack the outputs."""
+        """Send ``count`` items in chunks of max_batch_size (``inputs_of(start, size)``),
+        at most ``max_concurrency`` at once; stack the chunks' ``output``."""
         size = await self.max_batch_size(model)
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         wanted = requested([output])
 
         async def one(start: int) -> np.ndarray:
-            tensor = bytes_input(name, items[start : start + size])
+            inputs = inputs_of(start, size)
 
             async def infer(client: aio.InferenceServerClient, timeout: float) -> np.ndarray:
-                result = await client.infer(model, [tensor], outputs=wanted, client_timeout=timeout)
+                result = await client.infer(model, inputs, outputs=wanted, client_timeout=timeout)
                 return np.asarray(result.as_numpy(output))
 
             return await self._call(model, infer, offset=start, deadline=deadline)
 
-        return await self._chunks(size, len(items), one)
+        starts = range(0, count, size)
+        if len(starts) == 1:
+            return await one(0)
+        parts = await asyncio.gather(*(self._limited(one(start)) for start in starts))
+        return np.concatenate(parts)
+
+    async def _infer_bytes(
+        self, model: str, name: str, items: list[bytes], output: str
+    ) -> np.ndarray:
+        """BYTES items, one per row, through ``_infer_chunks``."""
+        return await self._infer_chunks(
+            model, len(items), lambda start, size: [bytes_input(name, items[start : start + size])],
+            output,
+        )  # fmt: skip
 
     # -- public API -------------------------------------------------------------------------
 
@@ -199,7 +205,7 @@ class AsyncClient(ClientBase):
         template: str = "a photo of a {}",
     ) -> np.ndarray:
         """Zero-shot classification (see ``Client.classify``); texts and images go at once."""
-        prompts = classify_prompts(labels, template)
+        prompts = templated(labels, template)
         items = images_to_bytes(images)  # checked before any call
         text, image, scale = await asyncio.gather(
             self.embed_texts(prompts), self.embed_images(items), self.logit_scale()
@@ -292,19 +298,8 @@ class AsyncClient(ClientBase):
         data = images_to_bytes(images)
         encoded = texts_to_bytes(texts)
         check_pairs(len(data), len(encoded), "texts")
-        size = await self.max_batch_size(blip.ITM)
-        deadline = asyncio.get_running_loop().time() + self.timeout_s
-
-        async def one(start: int) -> np.ndarray:
-            pairs = blip.match_inputs(data, encoded, start, size)
-
-            async def infer(client: aio.InferenceServerClient, timeout: float) -> np.ndarray:
-                result = await client.infer(blip.ITM, pairs, client_timeout=timeout)
-                return np.asarray(result.as_numpy(output)).reshape(-1)
-
-            return await self._call(blip.ITM, infer, offset=start, deadline=deadline)
-
-        return await self._chunks(size, len(data), one)
+        pairs = functools.partial(blip.match_inputs, data, encoded)  # (start, size) -> inputs
+        return (await self._infer_chunks(blip.ITM, len(data), pairs, output)).reshape(-1)
 
     async def close(self) -> None:
         if self._grpc is not None:

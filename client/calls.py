@@ -4,7 +4,7 @@ from what the caller passed and results read back. Nothing here touches the netw
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +38,9 @@ from vlpserve.errors import (
 )
 
 _ITEM = re.compile(r"\bitem (\d+)")
+
+# (start, size) -> the inputs of that chunk of a call split at max_batch_size
+ChunkInputs = Callable[[int, int], list[grpcclient.InferInput]]
 
 
 def _status(exc: InferenceServerException) -> str:
@@ -108,7 +111,7 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
-def classify_prompts(labels: Sequence[str], template: str) -> list[str]:
+def templated(labels: Sequence[str], template: str) -> list[str]:
     """``template`` around each label, checked before any call."""
     if "{}" not in template:
         raise InvalidInput("template must contain '{}' where the label goes")
@@ -155,11 +158,11 @@ def segment_request(
     """The request of ``segment``, every argument checked before any call."""
     if models.family is not Family.GROUPVIT:
         raise InvalidInput(f"segment needs a GroupViT server, this client is {models.family.value}")
-    texts = texts_to_bytes(labels, "labels")
-    if template is not None:
-        if "{}" not in template:
-            raise InvalidInput("template must contain '{}' where the label goes")
-        texts = [template.format(label).encode() for label in labels]
+    texts = (
+        texts_to_bytes(labels, "labels")
+        if template is None
+        else [prompt.encode() for prompt in templated(labels, template)]
+    )
     data = image_to_bytes(image, 0)
     image_tensor = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
     image_tensor.set_data_from_numpy(np.array([[data]], dtype=object))

@@ -8,6 +8,7 @@ UNAVAILABLE is retried with backoff; failures raise the typed errors of ``vlpser
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -22,16 +23,17 @@ from tritonclient.utils import InferenceServerException
 
 from vlpserve.client import blip
 from vlpserve.client.calls import (
+    ChunkInputs,
     ClientBase,
     bytes_input,
     check_pairs,
-    classify_prompts,
     logit_scale_of,
     match_output,
     probabilities,
     requested,
     result_arrays,
     segment_request,
+    templated,
     tensor_inputs,
 )
 from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
@@ -104,29 +106,35 @@ class Client(ClientBase):
     def max_batch_size(self, model: str) -> int:
         return int(self.model_config(model).get("max_batch_size", 0)) or 1
 
-    def _infer_bytes(self, model: str, name: str, items: list[bytes], output: str) -> np.ndarray:
-        """Send BYTES items in chunks of max_batch_size, concurrently; stack the outputs."""
+    def _infer_chunks(
+        self, model: str, count: int, inputs_of: ChunkInputs, output: str
+    ) -> np.ndarray:
+        """Send ``count`` items in chunks of max_batch_size (``inputs_of(start, size)``),
+        concurrently; stack the chunks' ``output``."""
         size = self.max_batch_size(model)
         deadline = time.monotonic() + self.timeout_s
+        wanted = requested([output])
 
         def one(start: int) -> np.ndarray:
-            tensor = bytes_input(name, items[start : start + size])
+            inputs = inputs_of(start, size)
 
             def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
-                result = client.infer(
-                    model,
-                    [tensor],
-                    outputs=[grpcclient.InferRequestedOutput(output)],
-                    client_timeout=timeout,
-                )
+                result = client.infer(model, inputs, outputs=wanted, client_timeout=timeout)
                 return np.asarray(result.as_numpy(output))
 
             return self._call(model, infer, offset=start, deadline=deadline)
 
-        starts = list(range(0, len(items), size))
+        starts = list(range(0, count, size))
         if len(starts) == 1:
             return one(0)
         return np.concatenate(list(self._pool.map(one, starts)))
+
+    def _infer_bytes(self, model: str, name: str, items: list[bytes], output: str) -> np.ndarray:
+        """BYTES items, one per row, through ``_infer_chunks``."""
+        return self._infer_chunks(
+            model, len(items), lambda start, size: [bytes_input(name, items[start : start + size])],
+            output,
+        )  # fmt: skip
 
     # -- public API -------------------------------------------------------------------------
 
@@ -192,7 +200,7 @@ class Client(ClientBase):
         Each label is put into ``template`` and embedded; probabilities are
         softmax(logit_scale * image_embeds @ text_embeds.T), as CLIP's logits_per_image.
         """
-        prompts = classify_prompts(labels, template)
+        prompts = templated(labels, template)
         text = self.embed_texts(prompts)
         image = self.embed_images(images)
         return probabilities(self.logit_scale, image, text)
@@ -288,19 +296,8 @@ class Client(ClientBase):
         data = images_to_bytes(images)
         encoded = texts_to_bytes(texts)
         check_pairs(len(data), len(encoded), "texts")
-        size = self.max_batch_size(blip.ITM)
-        deadline = time.monotonic() + self.timeout_s
-
-        def one(start: int) -> np.ndarray:
-            pairs = blip.match_inputs(data, encoded, start, size)
-
-            def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
-                result = client.infer(blip.ITM, pairs, client_timeout=timeout)
-                return np.asarray(result.as_numpy(output)).reshape(-1)
-
-            return self._call(blip.ITM, infer, offset=start, deadline=deadline)
-
-        return np.concatenate(list(self._pool.map(one, range(0, len(data), size))))
+        pairs = functools.partial(blip.match_inputs, data, encoded)  # (start, size) -> inputs
+        return self._infer_chunks(blip.ITM, len(data), pairs, output).reshape(-1)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
