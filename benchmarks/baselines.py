@@ -222,25 +222,20 @@ class OrtGenerator:
         self.engine = Engine(graphs, eos=int(report["sep_token_id"]))
 
     def _states(self, pixels: np.ndarray, questions: list[str] | None) -> list[np.ndarray]:
-        from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, INPUT_IDS, PIXEL_VALUES
-        from vlpserve.model_repository.runtime.blip_common import feeds_for
+        from vlpserve.contract import IMAGE_EMBEDS, PIXEL_VALUES
+        from vlpserve.model_repository.runtime.blip_common import question_states
 
         (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
         if self.question_encoder is None:
             return list(embeds)
         if questions is None or len(questions) != len(pixels):
             raise ValueError("VQA needs one question per image")
-        states = []
-        for row, question in enumerate(questions):
-            ids = np.array([self.text.encode(question)], dtype=np.int64)
-            feeds = {
-                INPUT_IDS: ids,
-                ATTENTION_MASK: np.ones_like(ids),
-                IMAGE_EMBEDS: embeds[row : row + 1],
-            }
-            (encoded,) = self.question_encoder.run(None, feeds_for(self.question_encoder, feeds))
-            states.append(encoded[0])
-        return states
+        return [
+            question_states(
+                self.question_encoder, self.text.encode(question), embeds[row : row + 1]
+            )
+            for row, question in enumerate(questions)
+        ]
 
     def __call__(self, pixels: np.ndarray, questions: list[str] | None = None) -> list[list[int]]:
         import threading
@@ -385,8 +380,7 @@ def blip_itm_ort(
 ) -> Callable[[np.ndarray, list[str]], tuple[np.ndarray, np.ndarray]]:
     """``(pixel_values, texts) -> (ITM probability, ITC cosine)`` per pair, with the exported
     graphs in ONNX Runtime, computed as the served ``blip_itm`` computes them."""
-    from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
-    from vlpserve.model_repository.runtime.blip_common import BlipText, feeds_for
+    from vlpserve.model_repository.runtime.blip_common import BlipText, match_scores
 
     text = BlipText(export_dir / "tokenizer")
     vision = _ort(export_dir / "vision_encoder" / "model.onnx")
@@ -394,12 +388,6 @@ def blip_itm_ort(
     text_feat = _ort(export_dir / "text_feat" / "model.onnx")
 
     def run(pixels: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        embeds, image_feat = vision.run([IMAGE_EMBEDS, IMAGE_FEAT], {PIXEL_VALUES: pixels})
-        ids, mask = text.batch(texts)
-        feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, IMAGE_EMBEDS: embeds}
-        (logits,) = itm_head.run(None, feeds_for(itm_head, feeds))
-        (features,) = text_feat.run(None, feeds_for(text_feat, feeds))
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return shifted[:, 1] / shifted.sum(axis=1), np.sum(image_feat * features, axis=1)
+        return match_scores(vision, itm_head, text_feat, *text.batch(texts), pixels)
 
     return run

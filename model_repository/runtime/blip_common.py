@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
+from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
 from vlpserve.model_repository.runtime.text import decode_texts
@@ -22,6 +23,38 @@ def feeds_for(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]
             value = value.astype(np.int32)
         out[spec.name] = value
     return out
+
+
+def question_states(encoder: Any, question_ids: list[int], image_embeds: np.ndarray) -> np.ndarray:
+    """The question encoder's states (question tokens, hidden) for one question, at its own
+    length (no padding: the decoder attends to every position)."""
+    feeds = {
+        INPUT_IDS: np.array([question_ids], dtype=np.int64),
+        ATTENTION_MASK: np.ones((1, len(question_ids)), dtype=np.int64),
+        IMAGE_EMBEDS: image_embeds,
+    }
+    (states,) = encoder.run(None, feeds_for(encoder, feeds))
+    return np.asarray(states[0])
+
+
+def match_scores(
+    vision: Any,
+    itm_head: Any,
+    text_feat: Any,
+    ids: np.ndarray,
+    mask: np.ndarray,
+    pixels: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """ITM match probability (softmax of the ITM head, its "match" class) and ITC cosine of
+    each (image, text) pair, as float32."""
+    embeds, image_feat = vision.run([IMAGE_EMBEDS, IMAGE_FEAT], {PIXEL_VALUES: pixels})
+    feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, IMAGE_EMBEDS: embeds}
+    (logits,) = itm_head.run(None, feeds_for(itm_head, feeds))
+    (features,) = text_feat.run(None, feeds_for(text_feat, feeds))
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    itm = (shifted[:, 1] / shifted.sum(axis=1)).astype(np.float32)
+    itc = np.sum(image_feat * features, axis=1).astype(np.float32)
+    return itm, itc
 
 
 class BlipText:

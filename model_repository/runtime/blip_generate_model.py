@@ -18,10 +18,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vlpserve.contract import (
-    ATTENTION_MASK,
     IMAGE,
     IMAGE_EMBEDS,
-    INPUT_IDS,
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     PIXEL_VALUES,
@@ -34,10 +32,10 @@ from vlpserve.contract import (
 )
 from vlpserve.model_repository.runtime.blip_common import (
     BlipText,
-    feeds_for,
     load_images,
     one_number,
     one_text,
+    question_states,
 )
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.generation import (
@@ -215,13 +213,7 @@ class TritonPythonModel:
             (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
             states = embeds[0]
             if self.question_encoder is not None:
-                feeds = {
-                    INPUT_IDS: np.array([question_ids], dtype=np.int64),
-                    ATTENTION_MASK: np.ones((1, len(question_ids)), dtype=np.int64),
-                    IMAGE_EMBEDS: embeds,
-                }
-                (states,) = self.question_encoder.run(None, feeds_for(self.question_encoder, feeds))
-                states = states[0]
+                states = question_states(self.question_encoder, question_ids, embeds)
             self.metrics.observe("encode", time.perf_counter() - started, 1)
         except ValueError as exc:
             reply.invalid(str(exc))

@@ -13,20 +13,15 @@ from typing import Any
 import numpy as np
 
 from vlpserve.contract import (
-    ATTENTION_MASK,
     IMAGE,
-    IMAGE_EMBEDS,
-    IMAGE_FEAT,
-    INPUT_IDS,
     ITC_SCORE,
     ITM_SCORE,
-    PIXEL_VALUES,
     TEXT,
 )
 from vlpserve.model_repository.runtime.blip_common import (
     BlipText,
-    feeds_for,
     load_images,
+    match_scores,
 )
 from vlpserve.model_repository.runtime.errors import InputItemError
 from vlpserve.model_repository.runtime.sessions import ort_session
@@ -84,18 +79,12 @@ class TritonPythonModel:
         try:
             pixels = np.stack([p for i in order for p in parsed[i][0]])
             texts = [t for i in order for t in parsed[i][1]]
-            embeds, image_feat = self.vision.run([IMAGE_EMBEDS, IMAGE_FEAT], {PIXEL_VALUES: pixels})
             ids, mask = self.text.batch(texts)
-            feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, IMAGE_EMBEDS: embeds}
-            (logits,) = self.itm.run(None, feeds_for(self.itm, feeds))
-            (text_feat,) = self.text_feat.run(None, feeds_for(self.text_feat, feeds))
+            itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, pixels)
         except Exception as exc:  # one failing batch fails its requests, not the server
             for index in order:
                 responses[index] = internal_error(f"scoring failed: {exc}")
             return responses
-        shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-        itm = (shifted[:, 1] / shifted.sum(axis=1)).astype(np.float32)
-        itc = np.sum(image_feat * text_feat, axis=1).astype(np.float32)
         start = 0
         for index, count in zip(order, counts, strict=True):
             end = start + count
