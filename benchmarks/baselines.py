@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from vlpserve.benchmarks.scenarios import QUESTIONS, SEGMENT_LABELS, TEXTS
-from vlpserve.export.common import read_report
+from vlpserve.export.report import ExportReport
+from vlpserve.layout import ExportFolder
 
 ProgressFn = Callable[[str], None]
 
@@ -39,9 +40,9 @@ def _device() -> tuple[Any, Any]:
 
 
 def _ort(path: Path) -> Any:
-    from vlpserve.model_repository.runtime.sessions import ort_session
+    from vlpserve.ort import session
 
-    return ort_session(path, on_gpu=True)  # CUDA first where ORT has it, as served
+    return session(path, on_gpu=True)  # CUDA first where ORT has it, as served
 
 
 def sample_images(photos: dict[str, bytes], count: int) -> list[Any]:
@@ -73,8 +74,8 @@ def dual_encoder(
     device, dtype = _device()
     model = AutoModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
     processor = AutoProcessor.from_pretrained(checkpoint)
-    text_graph = _ort(export_dir / "text_encoder" / "model.onnx")
-    image_graph = _ort(export_dir / "image_encoder" / "model.onnx")
+    text_graph = _ort(ExportFolder(export_dir).graph("text_encoder"))
+    image_graph = _ort(ExportFolder(export_dir).graph("image_encoder"))
 
     def tokens(batch: int) -> dict[str, np.ndarray]:
         texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
@@ -162,9 +163,10 @@ def groupvit_ort_segmenter(
     from vlpserve.contract import GROUP_EMBEDS, GROUPING, IMAGE_EMBEDS, TEXT_EMBEDS
     from vlpserve.model_repository.runtime.segmentation import segment
 
-    image_graph = _ort(export_dir / "image_encoder" / "model.onnx")
-    text_graph = _ort(export_dir / "text_encoder" / "model.onnx")
-    logit_scale = float(read_report(export_dir)["logit_scale"])
+    folder = ExportFolder(export_dir)
+    image_graph = _ort(folder.graph("image_encoder"))
+    text_graph = _ort(folder.graph("text_encoder"))
+    logit_scale = float(ExportReport.read(export_dir).required("logit_scale"))
 
     def run(values: np.ndarray, sizes: list[tuple[int, int]]) -> list[Any]:
         embeds, groups, grouping = image_graph.run(
@@ -205,21 +207,19 @@ class OrtGenerator:
             GenerationParams,
         )
 
-        report = read_report(export_dir)
-        self.kind = str(report["kind"])
-        self.bos = int(report["bos_token_id"])
-        self.text = BlipText(export_dir / "tokenizer")
-        self.vision = _ort(export_dir / "vision_encoder" / "model.onnx")
+        report = ExportReport.read(export_dir)
+        folder = ExportFolder(export_dir)
+        self.kind = str(report.required("kind"))
+        self.bos = int(report.required("bos_token_id"))
+        self.text = BlipText(folder.tokenizer_file)
+        self.vision = _ort(folder.graph("vision_encoder"))
         self.question_encoder = (
-            _ort(export_dir / "question_encoder" / "model.onnx") if self.kind == "vqa" else None
+            _ort(folder.graph("question_encoder")) if self.kind == "vqa" else None
         )
-        graphs = DecoderGraphs(
-            export_dir / "decoder_first" / "model.onnx",
-            export_dir / "decoder_step" / "model.onnx",
-            on_gpu=True,
-        )
+        first, step = (_ort(folder.graph(g)) for g in ("decoder_first", "decoder_step"))
+        graphs = DecoderGraphs(first, step)
         self.params = GenerationParams(max_new_tokens=max_new_tokens, num_beams=num_beams)
-        self.engine = Engine(graphs, eos=int(report["sep_token_id"]))
+        self.engine = Engine(graphs, eos=int(report.required("sep_token_id")))
 
     def _states(self, pixels: np.ndarray, questions: list[str] | None) -> list[np.ndarray]:
         from vlpserve.contract import IMAGE_EMBEDS, PIXEL_VALUES
@@ -278,7 +278,7 @@ def blip_generate_ort(
     engine, in process."""
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
 
-    steps = ImagePreprocessing.from_file(export_dir / "preprocessor" / "preprocessor_config.json")
+    steps = ImagePreprocessing.from_file(ExportFolder(export_dir).preprocessor_file)
     data = list(photos.values())
     generator = OrtGenerator(export_dir, max_new_tokens=max_new_tokens, num_beams=num_beams)
 
@@ -382,10 +382,11 @@ def blip_itm_ort(
     graphs in ONNX Runtime, computed as the served ``blip_itm`` computes them."""
     from vlpserve.model_repository.runtime.blip_common import BlipText, match_scores
 
-    text = BlipText(export_dir / "tokenizer")
-    vision = _ort(export_dir / "vision_encoder" / "model.onnx")
-    itm_head = _ort(export_dir / "itm_head" / "model.onnx")
-    text_feat = _ort(export_dir / "text_feat" / "model.onnx")
+    folder = ExportFolder(export_dir)
+    text = BlipText(folder.tokenizer_file)
+    vision, itm_head, text_feat = (
+        _ort(folder.graph(name)) for name in ("vision_encoder", "itm_head", "text_feat")
+    )
 
     def run(pixels: np.ndarray, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         return match_scores(vision, itm_head, text_feat, *text.batch(texts), pixels)

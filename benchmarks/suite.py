@@ -10,7 +10,7 @@ import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,10 @@ from vlpserve.benchmarks.load import Point, closed_loop, open_loop, sender
 from vlpserve.benchmarks.scenarios import Scenario, build_scenarios
 from vlpserve.errors import ConfigError
 from vlpserve.export.checkpoints import Size
-from vlpserve.export.common import Precision, read_report
+from vlpserve.export.common import Precision
+from vlpserve.export.report import ExportReport
+from vlpserve.layout import ExportFolder
+from vlpserve.model_repository.config import Device
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +180,7 @@ async def _points(
 def _pixel_values(export_dir: Path, photos: dict[str, bytes]) -> np.ndarray:
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
 
-    steps = ImagePreprocessing.from_file(export_dir / "preprocessor" / "preprocessor_config.json")
+    steps = ImagePreprocessing.from_file(ExportFolder(export_dir).preprocessor_file)
     return np.stack([steps.preprocess(data, i) for i, data in enumerate(photos.values())])
 
 
@@ -222,9 +225,9 @@ def run_bench(
     """
     import tritonclient.grpc as grpcclient
 
-    from vlpserve.demo import prepare_repository
     from vlpserve.export.samples import photo_bytes
-    from vlpserve.model_repository import TritonServer
+    from vlpserve.model_repository.prepare import prepare_repository
+    from vlpserve.serve import TritonServer
 
     started = time.monotonic()
     deadline = started + options.max_total_s
@@ -240,7 +243,7 @@ def run_bench(
             names,
             size=options.size,
             models=options.models,
-            device=options.device or _default_device(),
+            device=Device(options.device or _default_device()),
             precision=options.precision,
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
@@ -250,7 +253,7 @@ def run_bench(
     known = build_scenarios(photos, pixels)
     stats_client = grpcclient.InferenceServerClient(url)
     result: dict[str, Any] = {
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
         "versions": versions(),
         "settings": {
@@ -306,12 +309,11 @@ def graph_accuracy(deployed: dict[str, tuple[str, Path]]) -> dict[str, dict[str,
     accuracy."""
     out: dict[str, dict[str, Any]] = {}
     for name, (_, export_dir) in deployed.items():
-        for graph, entry in read_report(export_dir)["graphs"].items():
-            checks = entry.get("parity", {}).values()
+        for graph, entry in ExportReport.read(export_dir).graphs.items():
             out.setdefault(name, {})[graph] = {
-                "precision": entry["precision"],
-                "cosine_min": min((c["cosine_min"] for c in checks), default=None),
-                "max_abs_diff": max((c["max_abs_diff"] for c in checks), default=None),
+                "precision": entry.precision,
+                "cosine_min": entry.worst_cosine,
+                "max_abs_diff": entry.worst_abs_diff,
             }
     return out
 

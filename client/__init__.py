@@ -1,6 +1,7 @@
 """The vlpserve gRPC client: ``from vlpserve.client import Client`` (or ``AsyncClient``).
 
-Importing it loads numpy and tritonclient only (no torch, transformers or onnx).
+Importing it loads numpy, grpcio and tritonclient's protocol messages only (no torch,
+transformers or onnx).
 """
 
 from vlpserve.client.aio import AsyncClient

@@ -1,27 +1,26 @@
-"""BLIP calls: captions and answers through Triton's streaming (decoupled) API, ITM scores.
+"""BLIP requests and answers: captions and answers come from decoupled models through
+Triton's streaming RPC (``ModelStreamInfer``), ITM scores from a batched model.
 
-``blip_caption`` and ``blip_vqa`` are decoupled models: generation runs in the server and
-answers arrive as a stream. Several images go out on one stream at once, so the server
-decodes them in one batch.
+Several images go out on one stream at once, so the server decodes them in one batch. Stream
+errors carry no status code: the server starts the message with the request id and, for bad
+input, with ``STREAM_INVALID_INPUT``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import queue
 import re
-import time
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2 as pb
 
-from vlpserve.client.calls import bytes_input, check_pairs, translate_error
 from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
+from vlpserve.client.wire import deserialize_bytes, infer_request
 from vlpserve.contract import (
     IMAGE,
+    ITC_SCORE,
+    ITM_SCORE,
     MAX_NEW_TOKENS,
     NUM_BEAMS,
     PROMPT,
@@ -32,169 +31,25 @@ from vlpserve.contract import (
     TEXT,
     blip_models,
 )
-from vlpserve.errors import ClientError, DeadlineExceeded, InvalidInput
-
-_REQUEST_ID = re.compile(r"\[request id: ([^\]]*)\] ")
-_ITEM = re.compile(r"\bitem 0\b")
-
-
-def stream_error(model: str, message: str, index: int) -> ClientError:
-    """The typed error for a stream error message about request ``index`` (its item 0 is
-    the caller's item ``index``)."""
-    invalid = message.startswith(STREAM_INVALID_INPUT)
-    message = message.removeprefix(STREAM_INVALID_INPUT)
-    message = _ITEM.sub(f"item {index}", message)
-    return (InvalidInput if invalid else ClientError)(f"{model}: {message}")
-
+from vlpserve.errors import ClientError, InvalidInput
 
 CAPTION = blip_models("caption").raw.name
 ITM = blip_models("itm").raw.name
 VQA = blip_models("vqa").raw.name
 
-
-def _tensor(name: str, value: Any, dtype: str) -> grpcclient.InferInput:
-    array = np.array([value], dtype=object if dtype == "BYTES" else None)
-    if dtype == "INT32":
-        array = array.astype(np.int32)
-    elif dtype == "FP32":
-        array = array.astype(np.float32)
-    tensor = grpcclient.InferInput(name, list(array.shape), dtype)
-    tensor.set_data_from_numpy(array)
-    return tensor
+_REQUEST_ID = re.compile(r"\[request id: ([^\]]*)\] ")
+_ITEM = re.compile(r"\bitem 0\b")
 
 
-def generation_inputs(
-    image: bytes,
-    *,
-    text_name: str,
-    text: str | None,
-    max_new_tokens: int,
-    num_beams: int,
-    repetition_penalty: float,
-    stream: bool,
-) -> list[grpcclient.InferInput]:
-    inputs = [
-        _tensor(IMAGE, image, "BYTES"),
-        _tensor(MAX_NEW_TOKENS, max_new_tokens, "INT32"),
-        _tensor(NUM_BEAMS, num_beams, "INT32"),
-        _tensor(REPETITION_PENALTY, repetition_penalty, "FP32"),
-        _tensor(STREAM, stream, "BOOL"),
-    ]
-    if text is not None:
-        inputs.append(_tensor(text_name, text.encode("utf-8"), "BYTES"))
-    return inputs
+def match_output(head: str) -> str:
+    if head not in ("itm", "itc"):
+        raise InvalidInput(f"head must be 'itm' or 'itc', got {head!r}")
+    return ITM_SCORE if head == "itm" else ITC_SCORE
 
 
-def parse_response(result: Any, error: Any) -> tuple[str, str | None, bool, str | None]:
-    """(request id, text piece, final, error message) of one streamed response."""
-    if error is not None:
-        message = error.message() if isinstance(error, InferenceServerException) else ""
-        message = message or str(error)
-        # Stream errors carry no response id; the server names the request in the text.
-        found = _REQUEST_ID.match(message)
-        request_id = found.group(1) if found else ""
-        return request_id, None, True, message[found.end() :] if found else message
-    response = result.get_response()
-    final = response.parameters.get("triton_final_response")
-    texts = result.as_numpy(TEXT)
-    piece = None if texts is None else bytes(texts.reshape(-1)[0]).decode("utf-8")
-    return response.id, piece, bool(final and final.bool_param), None
-
-
-class _Texts:
-    """Each request's pieces, joined into its text when its final response arrives."""
-
-    def __init__(self, model: str, count: int) -> None:
-        self.model = model
-        self.count = count
-        self.pieces: dict[int, list[str]] = {i: [] for i in range(count)}
-        self.texts: dict[int, str] = {}
-
-    @property
-    def done(self) -> bool:
-        return len(self.texts) == self.count
-
-    def add(self, request_id: str, piece: str | None, final: bool, error: str | None) -> None:
-        index = int(request_id) if request_id.isdigit() else 0
-        if error is not None:
-            raise stream_error(self.model, error, index)
-        if piece:
-            self.pieces[index].append(piece)
-        if final:
-            self.texts[index] = "".join(self.pieces[index])
-
-    def ordered(self) -> list[str]:
-        return [self.texts[i] for i in range(self.count)]
-
-
-class _Stream:
-    """One gRPC stream carrying several requests; responses sorted by request id."""
-
-    def __init__(self, url: str) -> None:
-        self.client = grpcclient.InferenceServerClient(url)
-        self.responses: queue.Queue[tuple[Any, Any]] = queue.Queue()
-        self.client.start_stream(callback=lambda result, error: self.responses.put((result, error)))
-
-    def send(self, model: str, request_id: str, inputs: list[grpcclient.InferInput]) -> None:
-        self.client.async_stream_infer(
-            model, inputs, request_id=request_id, enable_empty_final_response=True
-        )
-
-    def next(self, deadline: float, what: str) -> tuple[str, str | None, bool, Any]:
-        """(request id, text piece, final, error message) of the next response."""
-        remaining = deadline - time.monotonic()
-        try:
-            result, error = self.responses.get(timeout=max(remaining, 0.001))
-        except queue.Empty as exc:
-            raise DeadlineExceeded(f"{what}: no answer within the deadline") from exc
-        return parse_response(result, error)
-
-    def close(self, *, cancel: bool = False) -> None:
-        try:
-            self.client.stop_stream(cancel_requests=cancel)
-        finally:
-            self.client.close()
-
-
-def generate_many(
-    url: str,
-    model: str,
-    requests: list[list[grpcclient.InferInput]],
-    *,
-    timeout_s: float,
-) -> list[str]:
-    """Send every request on one stream and collect each full text."""
-    deadline = time.monotonic() + timeout_s
-    stream = _Stream(url)
-    texts = _Texts(model, len(requests))
-    try:
-        for index, inputs in enumerate(requests):
-            stream.send(model, str(index), inputs)
-        while not texts.done:
-            texts.add(*stream.next(deadline, model))
-    finally:
-        stream.close(cancel=not texts.done)
-    return texts.ordered()
-
-
-def stream_one(
-    url: str, model: str, inputs: list[grpcclient.InferInput], *, timeout_s: float
-) -> Iterator[str]:
-    """Yield text pieces of one request as the server generates them; closing the iterator
-    early cancels the request on the server, which frees its place in the batch."""
-    deadline = time.monotonic() + timeout_s
-    stream = _Stream(url)
-    finished = False
-    try:
-        stream.send(model, "0", inputs)
-        while not finished:
-            _, piece, finished, error = stream.next(deadline, model)
-            if error is not None:
-                raise stream_error(model, error, 0)
-            if piece:
-                yield piece
-    finally:
-        stream.close(cancel=not finished)
+def check_pairs(images: int, texts: int, what: str) -> None:
+    if images != texts:
+        raise InvalidInput(f"{images} images but {texts} {what}: give pairs")
 
 
 def check_generation(max_new_tokens: int, num_beams: int, repetition_penalty: float) -> None:
@@ -207,6 +62,34 @@ def check_generation(max_new_tokens: int, num_beams: int, repetition_penalty: fl
         raise InvalidInput(f"repetition_penalty must be > 0, got {repetition_penalty!r}")
 
 
+def generation_request(
+    model: str,
+    index: int,
+    image: bytes,
+    *,
+    text_name: str,
+    text: str | None,
+    max_new_tokens: int,
+    num_beams: int,
+    repetition_penalty: float,
+    stream: bool,
+) -> pb.ModelInferRequest:
+    """One request of a decoupled generation model; its id is ``index``, which names it in
+    the answers of a stream carrying several."""
+    inputs = {
+        IMAGE: np.array([image], dtype=object),
+        MAX_NEW_TOKENS: np.array([max_new_tokens], dtype=np.int32),
+        NUM_BEAMS: np.array([num_beams], dtype=np.int32),
+        REPETITION_PENALTY: np.array([repetition_penalty], dtype=np.float32),
+        STREAM: np.array([stream], dtype=bool),
+    }
+    if text is not None:
+        inputs[text_name] = np.array([text.encode("utf-8")], dtype=object)
+    # An empty final response marks the end of a streamed request whose last piece was sent.
+    flags = {"triton_enable_empty_final_response": True}
+    return infer_request(model, inputs, request_id=str(index), parameters=flags)
+
+
 def caption_requests(
     images: Sequence[ImageInput],
     *,
@@ -214,11 +97,13 @@ def caption_requests(
     max_new_tokens: int,
     num_beams: int,
     repetition_penalty: float,
-) -> list[list[grpcclient.InferInput]]:
+) -> list[pb.ModelInferRequest]:
     """One ``blip_caption`` request per image, every argument checked before any call."""
     check_generation(max_new_tokens, num_beams, repetition_penalty)
     return [
-        generation_inputs(
+        generation_request(
+            CAPTION,
+            index,
             data,
             text_name=PROMPT,
             text=prompt,
@@ -227,16 +112,18 @@ def caption_requests(
             repetition_penalty=repetition_penalty,
             stream=False,
         )
-        for data in images_to_bytes(images)
+        for index, data in enumerate(images_to_bytes(images))
     ]
 
 
 def stream_request(
     image: ImageInput, *, prompt: str | None, max_new_tokens: int, repetition_penalty: float
-) -> list[grpcclient.InferInput]:
+) -> pb.ModelInferRequest:
     """The streamed (greedy) ``blip_caption`` request of one image."""
     check_generation(max_new_tokens, 1, repetition_penalty)
-    return generation_inputs(
+    return generation_request(
+        CAPTION,
+        0,
         image_to_bytes(image, 0),
         text_name=PROMPT,
         text=prompt,
@@ -253,14 +140,16 @@ def answer_requests(
     *,
     max_new_tokens: int,
     num_beams: int,
-) -> list[list[grpcclient.InferInput]]:
+) -> list[pb.ModelInferRequest]:
     """One ``blip_vqa`` request per (image, question) pair."""
     check_generation(max_new_tokens, num_beams, 1.0)
     data = images_to_bytes(images)
     texts = texts_to_bytes(questions, "questions")
     check_pairs(len(data), len(texts), "questions")
     return [
-        generation_inputs(
+        generation_request(
+            VQA,
+            index,
             image,
             text_name=QUESTION,
             text=question.decode("utf-8"),
@@ -269,113 +158,65 @@ def answer_requests(
             repetition_penalty=1.0,
             stream=False,
         )
-        for image, question in zip(data, texts, strict=True)
+        for index, (image, question) in enumerate(zip(data, texts, strict=True))
     ]
 
 
-def match_inputs(
-    images: list[bytes], texts: list[bytes], start: int, size: int
-) -> list[grpcclient.InferInput]:
-    """The ``blip_itm`` inputs of pairs ``start`` to ``start + size``."""
-    return [
-        bytes_input(IMAGE, images[start : start + size]),
-        bytes_input(TEXT, texts[start : start + size]),
-    ]
+def stream_error(model: str, message: str, index: int) -> ClientError:
+    """The typed error for a stream error message about request ``index`` (its item 0 is
+    the caller's item ``index``)."""
+    invalid = message.startswith(STREAM_INVALID_INPUT)
+    message = message.removeprefix(STREAM_INVALID_INPUT)
+    message = _ITEM.sub(f"item {index}", message)
+    return (InvalidInput if invalid else ClientError)(f"{model}: {message}")
 
 
-def rpc_error(exc: Exception, model: str) -> ClientError:
-    """The typed error for a gRPC failure of the asyncio client's stream."""
-    code = getattr(exc, "code", None)
-    details = getattr(exc, "details", None)
-    status = str(code()) if callable(code) else ""
-    message = str(details() if callable(details) else exc)
-    return translate_error(InferenceServerException(msg=message, status=status), model)
+@dataclass(frozen=True)
+class Piece:
+    """One streamed answer: a request's next text piece, and whether it is its last."""
+
+    index: int
+    text: str
+    final: bool
 
 
-class _AsyncStream:
-    """Requests on one stream of an asyncio tritonclient; responses as they come."""
+def piece(model: str, message: pb.ModelStreamInferResponse) -> Piece:
+    """The piece a stream message carries, or the typed error it reports."""
+    if message.error_message:
+        # Stream errors carry no response id; the server names the request in the text.
+        found = _REQUEST_ID.match(message.error_message)
+        request_id = found.group(1) if found else ""
+        text = message.error_message[found.end() :] if found else message.error_message
+        raise stream_error(model, text, int(request_id) if request_id.isdigit() else 0)
+    response = message.infer_response
+    final = response.parameters.get("triton_final_response")
+    text = ""
+    for tensor, raw in zip(response.outputs, response.raw_output_contents, strict=True):
+        if tensor.name == TEXT:
+            text = b"".join(deserialize_bytes(raw).tolist()).decode("utf-8")
+    index = int(response.id) if response.id.isdigit() else 0
+    return Piece(index, text, bool(final and final.bool_param))
 
-    def __init__(
-        self, client: Any, model: str, requests: list[list[grpcclient.InferInput]], deadline: float
-    ) -> None:
+
+class Texts:
+    """Each request's pieces, joined into its text when its final answer arrives."""
+
+    def __init__(self, model: str, count: int) -> None:
         self.model = model
-        self.deadline = deadline
+        self.pieces: list[list[str]] = [[] for _ in range(count)]
+        self.finished = [False] * count
+        self.started = False  # an answer arrived: the stream is not retried after that
 
-        async def sent() -> AsyncIterator[dict[str, Any]]:
-            for index, inputs in enumerate(requests):
-                yield {"model_name": model, "inputs": inputs, "request_id": str(index)}
+    @property
+    def done(self) -> bool:
+        return all(self.finished)
 
-        timeout = max(deadline - asyncio.get_running_loop().time(), 0.001)
-        self.call = client.stream_infer(sent(), stream_timeout=timeout)
+    def add(self, message: pb.ModelStreamInferResponse) -> Piece:
+        self.started = True
+        found = piece(self.model, message)
+        self.pieces[found.index].append(found.text)
+        self.finished[found.index] |= found.final
+        return found
 
-    async def next(self) -> tuple[str, str | None, bool, str | None]:
-        try:
-            async with asyncio.timeout_at(self.deadline):
-                result, error = await anext(self.call)
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"{self.model}: no answer within the deadline") from exc
-        except StopAsyncIteration as exc:
-            raise ClientError(f"{self.model}: the stream ended before the answer") from exc
-        except InferenceServerException as exc:
-            raise translate_error(exc, self.model) from exc
-        except Exception as exc:  # grpc.aio.AioRpcError: deadline, unavailable, ...
-            if hasattr(exc, "code"):
-                raise rpc_error(exc, self.model) from exc
-            raise
-        return parse_response(result, error)
-
-    def cancel(self) -> None:
-        self.call.cancel()
-
-
-async def generate_many_async(
-    client: Any, model: str, requests: list[list[grpcclient.InferInput]], *, timeout_s: float
-) -> list[str]:
-    """``generate_many`` over the asyncio client: one stream, every full text."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    stream = _AsyncStream(client, model, requests, deadline)
-    texts = _Texts(model, len(requests))
-    try:
-        while not texts.done:
-            texts.add(*await stream.next())
-    finally:
-        stream.cancel()  # every answer is in (nothing left to cancel), or give up the rest
-    return texts.ordered()
-
-
-async def stream_one_async(
-    client: Any, model: str, inputs: list[grpcclient.InferInput], *, timeout_s: float
-) -> AsyncIterator[str]:
-    """``stream_one`` over the asyncio client; closing the generator early (``aclose``, or
-    leaving an ``async for``) cancels the request on the server."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    stream = _AsyncStream(client, model, [inputs], deadline)
-    finished = False
-    try:
-        while not finished:
-            _, piece, finished, error = await stream.next()
-            if error is not None:
-                raise stream_error(model, error, 0)
-            if piece:
-                yield piece
-    finally:
-        stream.cancel()
-
-
-__all__ = [
-    "CAPTION",
-    "ITM",
-    "PROMPT",
-    "QUESTION",
-    "VQA",
-    "answer_requests",
-    "caption_requests",
-    "check_generation",
-    "generate_many",
-    "generate_many_async",
-    "generation_inputs",
-    "match_inputs",
-    "stream_one",
-    "stream_one_async",
-    "stream_request",
-]
+    def ordered(self) -> list[str]:
+        return ["".join(pieces) for pieces in self.pieces]

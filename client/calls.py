@@ -1,114 +1,213 @@
-"""What the synchronous and asyncio clients share: options, typed errors, requests built
-from what the caller passed and results read back. Nothing here touches the network."""
+"""Every client call written once, for both clients.
+
+A call is a *plan*: a generator that yields the remote operations it needs (one, or a list
+to run concurrently) and receives their results, then returns the call's answer. ``Client``
+carries plans out with threads, ``AsyncClient`` with asyncio; they differ in the transport
+only. Failed operations are thrown into the plan, which may handle them (``ready``).
+"""
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+import random
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2 as pb
 
-from vlpserve.client.inputs import ImageInput, image_to_bytes, texts_to_bytes
+from vlpserve.client import blip
+from vlpserve.client.inputs import (
+    ImageInput,
+    image_to_bytes,
+    images_to_bytes,
+    texts_to_bytes,
+)
 from vlpserve.client.segmentation import Segmentation
+from vlpserve.client.wire import bytes_rows, infer_request, response_arrays
 from vlpserve.contract import (
     FRACTIONS,
     IMAGE,
-    ITC_SCORE,
-    ITM_SCORE,
+    IMAGE_EMBEDS,
     LABEL_MAP,
     LABELS,
     PARAM_LOGIT_SCALE,
     SCORES,
+    TEXT,
+    TEXT_EMBEDS,
     EmbeddingModels,
     Family,
     embedding_models,
 )
-from vlpserve.dtypes import from_numpy
-from vlpserve.errors import (
-    ClientError,
-    ConfigError,
-    DeadlineExceeded,
-    InvalidInput,
-    ModelNotReady,
-    ServerUnavailable,
-)
+from vlpserve.errors import ClientError, InvalidInput, ModelNotReady, ServerUnavailable
 
-_ITEM = re.compile(r"\bitem (\d+)")
-
-# (start, size) -> the inputs of that chunk of a call split at max_batch_size
-ChunkInputs = Callable[[int, int], list[grpcclient.InferInput]]
+T = TypeVar("T")
 
 
-def _status(exc: InferenceServerException) -> str:
-    return str(exc.status() or "").rsplit(".", 1)[-1]
+# -- the operations a plan asks for -----------------------------------------------------------
 
 
-def translate_error(exc: InferenceServerException, model: str, offset: int = 0) -> ClientError:
-    """The typed error for a Triton failure; item numbers shifted by ``offset``."""
-    status = _status(exc)
-    message = exc.message() or str(exc)
-    if offset:
-        message = _ITEM.sub(lambda m: f"item {int(m.group(1)) + offset}", message)
-    text = f"{model}: {message}"
-    if "unknown model" in message or "is not ready" in message or status == "NOT_FOUND":
-        return ModelNotReady(text)
-    if status == "INVALID_ARGUMENT":
-        return InvalidInput(text)
-    if status == "DEADLINE_EXCEEDED" or "Deadline Exceeded" in message:
-        return DeadlineExceeded(text)
-    if status == "UNAVAILABLE":
-        return ServerUnavailable(text)
-    return ClientError(text)
+@dataclass(frozen=True)
+class Infer:
+    """One ModelInfer call; ``offset`` is the caller's index of its first item."""
+
+    request: pb.ModelInferRequest
+    offset: int = 0
+
+    @property
+    def what(self) -> str:
+        return str(self.request.model_name)
 
 
-def bytes_input(name: str, items: list[bytes]) -> grpcclient.InferInput:
-    """A BYTES input of shape (items, 1)."""
-    array = np.array(items, dtype=object).reshape(-1, 1)
-    tensor = grpcclient.InferInput(name, list(array.shape), "BYTES")
-    tensor.set_data_from_numpy(array)
-    return tensor
+@dataclass(frozen=True)
+class GetConfig:
+    """A model's configuration as a dict (clients cache it)."""
+
+    model: str
+
+    @property
+    def what(self) -> str:
+        return self.model
 
 
-def tensor_inputs(inputs: Mapping[str, np.ndarray]) -> list[grpcclient.InferInput]:
-    """Triton inputs from named numpy arrays (the tensor level: shapes as given)."""
-    if not isinstance(inputs, Mapping) or not inputs:
-        raise TypeError("inputs must be a non-empty mapping of tensor name to numpy array")
-    out = []
-    for name, value in inputs.items():
-        array = np.asarray(value)
-        try:
-            wire = from_numpy(array.dtype).wire
-        except ConfigError as exc:
-            raise InvalidInput(f"{name}: unsupported dtype {array.dtype}") from exc
-        tensor = grpcclient.InferInput(name, list(array.shape), wire)
-        tensor.set_data_from_numpy(array)
-        out.append(tensor)
-    return out
+@dataclass(frozen=True)
+class IsReady:
+    """Whether the server (``model`` None) or a model is ready."""
+
+    model: str | None = None
+
+    @property
+    def what(self) -> str:
+        return self.model or "server"
 
 
-def requested(outputs: Sequence[str] | None) -> list[grpcclient.InferRequestedOutput] | None:
-    if outputs is None:
-        return None
-    if isinstance(outputs, str):
-        raise TypeError("outputs must be a list of names, not a bare str: wrap it: [name]")
-    return [grpcclient.InferRequestedOutput(name) for name in outputs]
+@dataclass(frozen=True)
+class Generate:
+    """Requests to a decoupled generation model, sent on one stream; the result is each
+    request's full text, in order."""
+
+    requests: list[pb.ModelInferRequest] = field(default_factory=list)
+
+    @property
+    def what(self) -> str:
+        return str(self.requests[0].model_name)
 
 
-def result_arrays(result: Any, names: Sequence[str] | None) -> dict[str, np.ndarray]:
-    """Every output of an InferResult (or the requested ones) as numpy arrays."""
-    if names is None:
-        names = [output.name for output in result.get_response().outputs]
-    return {name: np.asarray(result.as_numpy(name)) for name in names}
+Op = Infer | GetConfig | IsReady | Generate
+Plan = Generator[Op | list[Op], Any, T]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
+# -- options and retries shared by both clients ------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientOptions:
+    """What ``Client`` and ``AsyncClient`` take besides the address (see ``Client``)."""
+
+    family: Family = Family.CLIP
+    timeout_s: float = 30.0
+    retries: int = 3
+    retry_backoff_s: float = 0.1
+    max_concurrency: int = 8
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "family", Family(self.family))
+        if self.timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        if self.retries < 0 or self.max_concurrency < 1:
+            raise ValueError("retries must be >= 0 and max_concurrency >= 1")
+        if self.retry_backoff_s < 0:
+            raise ValueError("retry_backoff_s must be >= 0")
+
+    @property
+    def models(self) -> EmbeddingModels:
+        # BLIP calls (caption, answer, match) name their models themselves.
+        return embedding_models(Family.CLIP if self.family is Family.BLIP else self.family)
+
+    def retry_wait_s(self, error: ClientError, attempt: int, remaining_s: float) -> float | None:
+        """Seconds to wait before trying a failed attempt again, or None to give up.
+
+        Only ServerUnavailable is retried, at most ``retries`` times, with exponential
+        backoff (``retry_backoff_s`` doubling, with up to 10% jitter) while the deadline
+        leaves time for another try.
+        """
+        if not isinstance(error, ServerUnavailable) or attempt >= self.retries:
+            return None
+        wait = self.retry_backoff_s * 2**attempt * (1 + 0.1 * random.random())
+        return wait if wait < remaining_s else None
+
+
+# -- plans ---------------------------------------------------------------------------------------
+
+
+def logit_scale_of(model: str, config: dict[str, Any]) -> float:
+    try:
+        return float(config["parameters"][PARAM_LOGIT_SCALE]["string_value"])
+    except (KeyError, ValueError) as exc:
+        raise ModelNotReady(f"{model} has no {PARAM_LOGIT_SCALE}") from exc
+
+
+def batch_size_of(config: dict[str, Any]) -> int:
+    return int(config.get("max_batch_size", 0)) or 1
+
+
+def config(model: str) -> Plan[dict[str, Any]]:
+    found: dict[str, Any] = yield GetConfig(model)
+    return found
+
+
+def logit_scale(models: EmbeddingModels) -> Plan[float]:
+    """exp(logit_scale) of the served checkpoint, from its text model's config."""
+    model = models.text.name
+    return logit_scale_of(model, (yield GetConfig(model)))
+
+
+def ready(models: EmbeddingModels) -> Plan[bool]:
+    """True when the server and the family's raw-level models are ready."""
+    try:
+        if not (yield IsReady()):
+            return False
+        states = yield [IsReady(models.text.name), IsReady(models.image.name)]
+        return all(states)
+    except ClientError:
+        return False
+
+
+ChunkInputs = Callable[[int, int], dict[str, np.ndarray]]  # (start, size) -> inputs
+
+
+def _chunks(model: str, count: int, size: int, inputs_of: ChunkInputs, output: str) -> list[Op]:
+    """Requests of at most ``size`` items each (the server's max_batch_size)."""
+    return [
+        Infer(infer_request(model, inputs_of(start, size), outputs=[output]), start)
+        for start in range(0, count, size)
+    ]
+
+
+def _stacked(responses: Sequence[pb.ModelInferResponse], output: str) -> np.ndarray:
+    return np.concatenate([response_arrays(r, [output])[output] for r in responses])
+
+
+def chunked(model: str, count: int, inputs_of: ChunkInputs, output: str) -> Plan[np.ndarray]:
+    """``count`` items in chunks of the model's max_batch_size, sent concurrently; the
+    chunks' ``output`` stacked."""
+    size = batch_size_of((yield GetConfig(model)))
+    return _stacked((yield _chunks(model, count, size, inputs_of, output)), output)
+
+
+def _rows(name: str, items: list[bytes]) -> ChunkInputs:
+    return lambda start, size: {name: bytes_rows(items[start : start + size])}
+
+
+def embed_texts(models: EmbeddingModels, texts: Sequence[str]) -> Plan[np.ndarray]:
+    items = texts_to_bytes(texts)
+    return (yield from chunked(models.text.name, len(items), _rows(TEXT, items), TEXT_EMBEDS))
+
+
+def embed_images(models: EmbeddingModels, images: Sequence[ImageInput]) -> Plan[np.ndarray]:
+    items = images_to_bytes(images)
+    plan = chunked(models.image.name, len(items), _rows(IMAGE, items), IMAGE_EMBEDS)
+    return (yield from plan)
 
 
 def templated(labels: Sequence[str], template: str) -> list[str]:
@@ -119,43 +218,36 @@ def templated(labels: Sequence[str], template: str) -> list[str]:
     return [template.format(label) for label in labels]
 
 
-def probabilities(logit_scale: float, image: np.ndarray, text: np.ndarray) -> np.ndarray:
-    """softmax(logit_scale * image @ text.T), as CLIP's logits_per_image."""
-    return softmax(logit_scale * image.astype(np.float64) @ text.T.astype(np.float64))
+def softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
-def logit_scale_of(model: str, config: dict[str, Any]) -> float:
-    parameters = config.get("parameters", {})
-    try:
-        return float(parameters[PARAM_LOGIT_SCALE]["string_value"])
-    except (KeyError, ValueError) as exc:
-        raise ModelNotReady(f"{model} has no {PARAM_LOGIT_SCALE}") from exc
+def classify(
+    models: EmbeddingModels, images: Sequence[ImageInput], labels: Sequence[str], template: str
+) -> Plan[np.ndarray]:
+    """softmax(logit_scale * image @ text.T), as CLIP's logits_per_image; the texts and the
+    images are sent at once."""
+    prompts = [p.encode() for p in templated(labels, template)]
+    items = images_to_bytes(images)
+    text_model, image_model = models.text.name, models.image.name
+    text_config, image_config = yield [GetConfig(text_model), GetConfig(image_model)]
+    texts = _chunks(
+        text_model, len(prompts), batch_size_of(text_config), _rows(TEXT, prompts), TEXT_EMBEDS
+    )
+    pictures = _chunks(
+        image_model, len(items), batch_size_of(image_config), _rows(IMAGE, items), IMAGE_EMBEDS
+    )
+    responses = yield [*texts, *pictures]
+    text = _stacked(responses[: len(texts)], TEXT_EMBEDS).astype(np.float64)
+    image = _stacked(responses[len(texts) :], IMAGE_EMBEDS).astype(np.float64)
+    return softmax(logit_scale_of(text_model, text_config) * image @ text.T)
 
 
-@dataclass(frozen=True)
-class SegmentRequest:
-    """One ``<family>_segment`` call: its inputs, and how to read the answer."""
-
-    model: str
-    inputs: list[grpcclient.InferInput]
-    outputs: list[grpcclient.InferRequestedOutput]
-    labels: list[str]
-    image: bytes
-
-    def result(self, result: Any) -> Segmentation:
-        return Segmentation(
-            label_map=np.asarray(result.as_numpy(LABEL_MAP))[0],
-            labels=self.labels,
-            scores=np.asarray(result.as_numpy(SCORES))[0],
-            fractions=np.asarray(result.as_numpy(FRACTIONS))[0],
-            image=self.image,
-        )
-
-
-def segment_request(
+def segment(
     models: EmbeddingModels, image: ImageInput, labels: Sequence[str], template: str | None
-) -> SegmentRequest:
-    """The request of ``segment``, every argument checked before any call."""
+) -> Plan[Segmentation]:
+    """GroupViT zero-shot segmentation of one image."""
     if models.family is not Family.GROUPVIT:
         raise InvalidInput(f"segment needs a GroupViT server, this client is {models.family.value}")
     texts = (
@@ -164,75 +256,47 @@ def segment_request(
         else [prompt.encode() for prompt in templated(labels, template)]
     )
     data = image_to_bytes(image, 0)
-    image_tensor = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
-    image_tensor.set_data_from_numpy(np.array([[data]], dtype=object))
-    label_tensor = grpcclient.InferInput(LABELS, [1, len(texts)], "BYTES")
-    label_tensor.set_data_from_numpy(np.array([texts], dtype=object))
-    return SegmentRequest(
-        model=models.segment.name,
-        inputs=[image_tensor, label_tensor],
-        outputs=[grpcclient.InferRequestedOutput(n) for n in (LABEL_MAP, SCORES, FRACTIONS)],
+    inputs = {
+        IMAGE: np.array([[data]], dtype=object),
+        LABELS: np.array([texts], dtype=object),
+    }
+    outputs = [LABEL_MAP, SCORES, FRACTIONS]
+    response = yield Infer(infer_request(models.segment.name, inputs, outputs=outputs))
+    found = response_arrays(response, outputs)
+    return Segmentation(
+        label_map=found[LABEL_MAP][0],
         labels=list(labels),
+        scores=found[SCORES][0],
+        fractions=found[FRACTIONS][0],
         image=data,
     )
 
 
-def match_output(head: str) -> str:
-    if head not in ("itm", "itc"):
-        raise InvalidInput(f"head must be 'itm' or 'itc', got {head!r}")
-    return ITM_SCORE if head == "itm" else ITC_SCORE
+def infer(
+    model: str, inputs: Mapping[str, np.ndarray], outputs: Sequence[str] | None
+) -> Plan[dict[str, np.ndarray]]:
+    """One tensor-level request: named arrays in, named arrays out."""
+    response = yield Infer(infer_request(model, inputs, outputs=outputs))
+    return response_arrays(response, outputs)
 
 
-def check_pairs(images: int, texts: int, what: str) -> None:
-    if images != texts:
-        raise InvalidInput(f"{images} images but {texts} {what}: give pairs")
+def match(images: Sequence[ImageInput], texts: Sequence[str], head: str) -> Plan[np.ndarray]:
+    """BLIP ITM probability (``head="itm"``) or ITC cosine (``"itc"``) of each pair."""
+    output = blip.match_output(head)
+    data = images_to_bytes(images)
+    encoded = texts_to_bytes(texts)
+    blip.check_pairs(len(data), len(encoded), "texts")
+
+    def pairs(start: int, size: int) -> dict[str, np.ndarray]:
+        return {
+            IMAGE: bytes_rows(data[start : start + size]),
+            TEXT: bytes_rows(encoded[start : start + size]),
+        }
+
+    return (yield from chunked(blip.ITM, len(data), pairs, output)).reshape(-1)
 
 
-class ClientBase:
-    """Options and state both clients keep; the arguments are ``Client``'s."""
-
-    def __init__(
-        self,
-        url: str = "localhost:8001",
-        *,
-        family: Family | str = Family.CLIP,
-        timeout_s: float = 30.0,
-        retries: int = 3,
-        retry_backoff_s: float = 0.1,
-        max_concurrency: int = 8,
-    ) -> None:
-        if timeout_s <= 0:
-            raise ValueError("timeout_s must be > 0")
-        if retries < 0 or max_concurrency < 1:
-            raise ValueError("retries must be >= 0 and max_concurrency >= 1")
-        self.url = url
-        family = Family(family)
-        # BLIP calls (caption, answer, match) name their models themselves.
-        self.models: EmbeddingModels = embedding_models(
-            Family.CLIP if family is Family.BLIP else family
-        )
-        self.timeout_s = timeout_s
-        self.retries = retries
-        self.retry_backoff_s = retry_backoff_s
-        self.max_concurrency = max_concurrency
-        self._configs: dict[str, dict[str, Any]] = {}
-        self._open()
-
-    def _open(self) -> None:
-        """Set up the transport (connections, pools); subclasses do."""
-
-    @property
-    def family(self) -> str:
-        return self.models.family.value
-
-    def _give_up(
-        self, exc: InferenceServerException, what: str, offset: int, attempt: int
-    ) -> ClientError | None:
-        """The error to raise for a failed attempt, or None when it is retried."""
-        error = translate_error(exc, what, offset)
-        if not isinstance(error, ServerUnavailable) or attempt == self.retries:
-            return error
-        return None
-
-    def _expired(self, what: str) -> DeadlineExceeded:
-        return DeadlineExceeded(f"{what}: no answer within {self.timeout_s} s")
+def generate(requests: list[pb.ModelInferRequest]) -> Plan[list[str]]:
+    """Captions or answers: every request on one stream, the server decodes them together."""
+    texts: list[str] = yield Generate(requests)
+    return texts

@@ -1,161 +1,143 @@
 """Synchronous gRPC client for a vlpserve Triton deployment.
 
-Task-level methods (``embed_texts``, ``embed_images``, ``classify``) call the raw-level
-models, so the caller sends texts and encoded images and gets embeddings back. Inputs larger
-than the server's max_batch_size are split and sent concurrently; every call has a deadline;
-UNAVAILABLE is retried with backoff; failures raise the typed errors of ``vlpserve.errors``.
+Task-level methods (``embed_texts``, ``embed_images``, ``classify``, ``segment``, BLIP's
+``caption``, ``answer``, ``match``) call the raw-level models, so the caller sends texts and
+encoded images and gets results back. Every call goes through one gRPC channel and one retry
+path (``_attempt``); inputs larger than the server's max_batch_size are split and sent
+concurrently; every call has a deadline; failures raise the typed errors of
+``vlpserve.errors``. The calls themselves are written once, in ``vlpserve.client.calls``.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
+import grpc
 import numpy as np
-import tritonclient.grpc as grpcclient
-from tritonclient.utils import InferenceServerException
+from tritonclient.grpc import service_pb2_grpc
 
-from vlpserve.client import blip
-from vlpserve.client.calls import (
-    ChunkInputs,
-    ClientBase,
-    bytes_input,
-    check_pairs,
-    logit_scale_of,
-    match_output,
-    probabilities,
-    requested,
-    result_arrays,
-    segment_request,
-    templated,
-    tensor_inputs,
-)
-from vlpserve.client.inputs import ImageInput, images_to_bytes, texts_to_bytes
+from vlpserve.client import blip, calls
+from vlpserve.client.base import ClientBase, unary, unary_result
+from vlpserve.client.calls import Generate, Op, Plan
+from vlpserve.client.inputs import ImageInput
 from vlpserve.client.segmentation import Segmentation
-from vlpserve.contract import IMAGE, IMAGE_EMBEDS, TEXT, TEXT_EMBEDS
+from vlpserve.client.wire import CHANNEL_OPTIONS
 from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 
 class Client(ClientBase):
-    """Client of one model family on a Triton server (gRPC).
+    """Client of a vlpserve Triton server (gRPC).
 
     Args:
         url: ``host:port`` of Triton's gRPC endpoint.
         family: family of embed_texts / embed_images / classify / segment (``"clip"``,
             ``"groupvit"``); BLIP's caption, stream_caption, answer and match need none.
-        timeout_s: deadline of each call, split requests included.
+        timeout_s: deadline of each call, split requests and streams included.
         retries: how often an UNAVAILABLE answer is retried before ServerUnavailable.
         retry_backoff_s: first wait between retries; it doubles each time.
         max_concurrency: requests in flight at once when a call is split.
     """
 
-    def _open(self) -> None:
-        self._local = threading.local()
-        self._clients: list[grpcclient.InferenceServerClient] = []
-        self._lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=self.max_concurrency, thread_name_prefix="vlp")
+    def __init__(self, url: str = "localhost:8001", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._channel = grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.options.max_concurrency, thread_name_prefix="vlpserve"
+        )
 
-    # -- plumbing ---------------------------------------------------------------------------
+    # -- carrying plans out -----------------------------------------------------------------
 
-    def _grpc(self) -> grpcclient.InferenceServerClient:
-        """One tritonclient per thread: its gRPC stubs are not shared across threads."""
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = grpcclient.InferenceServerClient(self.url)
-            self._local.client = client
-            with self._lock:
-                self._clients.append(client)
-        return client
-
-    def _call(self, what: str, fn: Any, *, offset: int = 0, deadline: float | None = None) -> Any:
-        """Run ``fn(client, timeout)`` with retries of UNAVAILABLE and a deadline."""
-        deadline = deadline or time.monotonic() + self.timeout_s
-        backoff = self.retry_backoff_s
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise self._expired(what)
+    def _run(self, plan: Plan[T]) -> T:
+        """Drive a plan: perform what it yields, send the results back, return its answer."""
+        deadline = time.monotonic() + self.options.timeout_s
+        value: Any = None
+        error: ClientError | None = None
+        while True:
             try:
-                return fn(self._grpc(), remaining)
-            except InferenceServerException as exc:
-                error = self._give_up(exc, what, offset, attempt)
-                if error is not None:
-                    raise error from exc
-                logger.info("%s unavailable (attempt %d), retrying", what, attempt + 1)
-                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                backoff *= 2
-        raise AssertionError("unreachable")
+                op = plan.send(value) if error is None else plan.throw(error)
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
+            try:
+                if isinstance(op, list):
+                    value = list(self._pool.map(lambda o: self._perform(o, deadline), op))
+                else:
+                    value = self._perform(op, deadline)
+                error = None
+            except ClientError as exc:
+                value, error = None, exc
 
-    def model_config(self, model: str) -> dict[str, Any]:
-        """A served model's configuration (cached)."""
-        if model not in self._configs:
-            self._configs[model] = self._call(
-                model,
-                lambda c, t: c.get_model_config(model, as_json=True, client_timeout=t)["config"],
+    def _perform(self, op: Op, deadline: float) -> Any:
+        if isinstance(op, Generate):
+            texts = blip.Texts(op.what, len(op.requests))
+            for _ in self._pieces(op, texts, deadline):
+                pass
+            return texts.ordered()
+        cached = self._cached(op)
+        if cached is not None:
+            return cached
+        method, request = unary(op)
+        call = getattr(self._stub, method)
+        attempt = 0
+        while True:
+            timeout = self._remaining(op, deadline, time.monotonic())
+            try:
+                response = call(request, timeout=timeout, metadata=self._metadata)
+                return self._remember(op, unary_result(op, response))
+            except grpc.RpcError as exc:
+                time.sleep(self._retry_wait(op, exc, attempt, deadline - time.monotonic()))
+                attempt += 1
+
+    def _pieces(
+        self, op: Generate, texts: blip.Texts, deadline: float
+    ) -> Generator[blip.Piece, None, None]:
+        """The answers of a stream as they arrive, retried like any call until the first
+        answer (never after). Closing the iterator early cancels the requests."""
+        attempt = 0
+        while True:
+            timeout = self._remaining(op, deadline, time.monotonic())
+            call = self._stub.ModelStreamInfer(
+                iter(op.requests), timeout=timeout, metadata=self._metadata
             )
-        return self._configs[model]
-
-    def max_batch_size(self, model: str) -> int:
-        return int(self.model_config(model).get("max_batch_size", 0)) or 1
-
-    def _infer_chunks(
-        self, model: str, count: int, inputs_of: ChunkInputs, output: str
-    ) -> np.ndarray:
-        """Send ``count`` items in chunks of max_batch_size (``inputs_of(start, size)``),
-        concurrently; stack the chunks' ``output``."""
-        size = self.max_batch_size(model)
-        deadline = time.monotonic() + self.timeout_s
-        wanted = requested([output])
-
-        def one(start: int) -> np.ndarray:
-            inputs = inputs_of(start, size)
-
-            def infer(client: grpcclient.InferenceServerClient, timeout: float) -> np.ndarray:
-                result = client.infer(model, inputs, outputs=wanted, client_timeout=timeout)
-                return np.asarray(result.as_numpy(output))
-
-            return self._call(model, infer, offset=start, deadline=deadline)
-
-        starts = list(range(0, count, size))
-        if len(starts) == 1:
-            return one(0)
-        return np.concatenate(list(self._pool.map(one, starts)))
-
-    def _infer_bytes(self, model: str, name: str, items: list[bytes], output: str) -> np.ndarray:
-        """BYTES items, one per row, through ``_infer_chunks``."""
-        return self._infer_chunks(
-            model, len(items), lambda start, size: [bytes_input(name, items[start : start + size])],
-            output,
-        )  # fmt: skip
+            try:
+                for message in call:
+                    yield texts.add(message)
+                    if texts.done:
+                        return
+                raise ClientError(f"{op.what}: the stream ended before every answer")
+            except grpc.RpcError as exc:
+                left = deadline - time.monotonic()
+                time.sleep(self._retry_wait(op, exc, attempt, left, started=texts.started))
+                attempt += 1
+            finally:
+                call.cancel()
 
     # -- public API -------------------------------------------------------------------------
 
     def ready(self) -> bool:
         """True when the server is up and the family's raw-level models are ready."""
-        try:
-            return bool(
-                self._call("server", lambda c, t: c.is_server_ready(client_timeout=t))
-                and all(
-                    self._call(m, lambda c, t, m=m: c.is_model_ready(m, client_timeout=t))
-                    for m in (self.models.text.name, self.models.image.name)
-                )
-            )
-        except ClientError:
-            return False
+        return self._run(calls.ready(self.models))
+
+    def model_config(self, model: str) -> dict[str, Any]:
+        """A served model's configuration, as Triton's JSON (cached)."""
+        return self._run(calls.config(model))
+
+    def max_batch_size(self, model: str) -> int:
+        return calls.batch_size_of(self.model_config(model))
 
     @property
     def logit_scale(self) -> float:
         """exp(logit_scale) of the served checkpoint: the temperature of classify()."""
-        model = self.models.text.name
-        return logit_scale_of(model, self.model_config(model))
+        return self._run(calls.logit_scale(self.models))
 
     def infer(
         self,
@@ -167,26 +149,18 @@ class Client(ClientBase):
         """One request to any served model at the tensor level (``clip_image_encoder``
         with ``pixel_values``, say): named arrays in, named arrays out (all, or ``outputs``).
         """
-        tensors = tensor_inputs(inputs)
-        wanted = requested(outputs)
-
-        def infer(client: grpcclient.InferenceServerClient, timeout: float) -> Any:
-            return client.infer(model, tensors, outputs=wanted, client_timeout=timeout)
-
-        return result_arrays(self._call(model, infer), outputs)
+        return self._run(calls.infer(model, inputs, outputs))
 
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings, one row per text (float32)."""
-        return self._infer_bytes(self.models.text.name, TEXT, texts_to_bytes(texts), TEXT_EMBEDS)
+        return self._run(calls.embed_texts(self.models, texts))
 
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings, one row per image (float32).
 
         Images may be encoded bytes (JPEG/PNG/WebP), paths, PIL images or uint8 arrays.
         """
-        return self._infer_bytes(
-            self.models.image.name, IMAGE, images_to_bytes(images), IMAGE_EMBEDS
-        )
+        return self._run(calls.embed_images(self.models, images))
 
     def classify(
         self,
@@ -200,10 +174,7 @@ class Client(ClientBase):
         Each label is put into ``template`` and embedded; probabilities are
         softmax(logit_scale * image_embeds @ text_embeds.T), as CLIP's logits_per_image.
         """
-        prompts = templated(labels, template)
-        text = self.embed_texts(prompts)
-        image = self.embed_images(images)
-        return probabilities(self.logit_scale, image, text)
+        return self._run(calls.classify(self.models, images, labels, template))
 
     def segment(
         self, image: ImageInput, labels: Sequence[str], *, template: str | None = None
@@ -215,14 +186,7 @@ class Client(ClientBase):
             labels: label texts; each pixel gets the index of one of them.
             template: optional prompt such as ``"a photo of a {}."`` put around each label.
         """
-        request = segment_request(self.models, image, labels, template)
-
-        def infer(client: grpcclient.InferenceServerClient, timeout: float) -> Any:
-            return client.infer(
-                request.model, request.inputs, outputs=request.outputs, client_timeout=timeout
-            )
-
-        return request.result(self._call(request.model, infer))
+        return self._run(calls.segment(self.models, image, labels, template))
 
     # -- BLIP ---------------------------------------------------------------------------------
 
@@ -248,7 +212,7 @@ class Client(ClientBase):
             num_beams=num_beams,
             repetition_penalty=repetition_penalty,
         )
-        return blip.generate_many(self.url, blip.CAPTION, requests, timeout_s=self.timeout_s)
+        return self._run(calls.generate(requests))
 
     def stream_caption(
         self,
@@ -263,11 +227,20 @@ class Client(ClientBase):
         The pieces join into the caption ``caption([image], ...)`` returns. Stopping early
         (``break``, or closing the iterator) cancels the request on the server.
         """
-        inputs = blip.stream_request(
+        request = blip.stream_request(
             image, prompt=prompt, max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty,
         )  # fmt: skip
-        return blip.stream_one(self.url, blip.CAPTION, inputs, timeout_s=self.timeout_s)
+        op = Generate([request])
+        pieces = self._pieces(op, blip.Texts(op.what, 1), time.monotonic() + self.timeout_s)
+
+        def texts() -> Iterator[str]:
+            try:
+                yield from (found.text for found in pieces if found.text)
+            finally:
+                pieces.close()  # cancels the request on the server when left early
+
+        return texts()
 
     def answer(
         self,
@@ -281,7 +254,7 @@ class Client(ClientBase):
         requests = blip.answer_requests(
             images, questions, max_new_tokens=max_new_tokens, num_beams=num_beams
         )
-        return blip.generate_many(self.url, blip.VQA, requests, timeout_s=self.timeout_s)
+        return self._run(calls.generate(requests))
 
     def match(
         self, images: Sequence[ImageInput], texts: Sequence[str], *, head: str = "itm"
@@ -292,19 +265,11 @@ class Client(ClientBase):
             head: ``"itm"`` for the match probability of the ITM head (re-ranking),
                 ``"itc"`` for the cosine of the contrastive features (retrieval).
         """
-        output = match_output(head)
-        data = images_to_bytes(images)
-        encoded = texts_to_bytes(texts)
-        check_pairs(len(data), len(encoded), "texts")
-        pairs = functools.partial(blip.match_inputs, data, encoded)  # (start, size) -> inputs
-        return self._infer_chunks(blip.ITM, len(data), pairs, output).reshape(-1)
+        return self._run(calls.match(images, texts, head))
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        with self._lock:
-            for client in self._clients:
-                client.close()
-            self._clients.clear()
+        self._channel.close()
 
     def __enter__(self) -> Client:
         return self

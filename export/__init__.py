@@ -1,35 +1,38 @@
 """Export checkpoints to parity-checked, optimized ONNX graphs."""
 
 from collections.abc import Callable
-from typing import Any
 
 from vlpserve.contract import Family
 from vlpserve.export.blip import export_blip
 from vlpserve.export.clip import export_clip
-from vlpserve.export.common import ExportOptions, Precision, ProgressFn, read_report
+from vlpserve.export.common import ExportOptions, Precision
 from vlpserve.export.groupvit import export_groupvit
+from vlpserve.export.report import ExportReport, GraphReport
+from vlpserve.progress import ProgressFn, no_progress
 
-EXPORTERS: dict[Family, Callable[..., dict[str, Any]]] = {
+EXPORTERS: dict[Family, Callable[[ExportOptions, ProgressFn], ExportReport]] = {
     Family.CLIP: export_clip,
     Family.GROUPVIT: export_groupvit,
     Family.BLIP: export_blip,
 }
 
 
-def export(family: Family | str, options: ExportOptions, progress: ProgressFn | None = None) -> Any:
+def export(
+    family: Family | str, options: ExportOptions, progress: ProgressFn = no_progress
+) -> ExportReport:
     """Export a checkpoint of ``family`` (``"clip"``, ``"groupvit"``, ``"blip"``); returns
-    the report."""
-    exporter = EXPORTERS[Family(family)]
-    return exporter(options, progress) if progress else exporter(options)
+    the report, also written into the export folder."""
+    return EXPORTERS[Family(family)](options, progress)
 
 
 __all__ = [
     "EXPORTERS",
     "ExportOptions",
+    "ExportReport",
+    "GraphReport",
     "Precision",
     "export",
     "export_blip",
     "export_clip",
     "export_groupvit",
-    "read_report",
 ]

@@ -13,6 +13,8 @@ graphs take none: rows are batched only with rows whose encoder states have the 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -33,22 +35,23 @@ from vlpserve.contract import (
     cache_names,
 )
 from vlpserve.errors import ExportError
+from vlpserve.export.clip import image_cases, photo_pixels
 from vlpserve.export.common import (
     ExportOptions,
-    GraphReport,
     GraphSpec,
-    ProgressFn,
-    _no_progress,
-    export_and_check,
+    Optimizer,
+    batch_axes,
+    export_graphs,
     library_versions,
-    write_report,
+    save_processing,
+    sequence_axes,
+    torch_inputs,
 )
-from vlpserve.export.samples import SAMPLE_TEXTS, photo_paths
+from vlpserve.export.report import ExportReport
+from vlpserve.export.samples import SAMPLE_TEXTS
+from vlpserve.progress import ProgressFn, no_progress
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_DIR = "tokenizer"
-PREPROCESSOR_DIR = "preprocessor"
 
 
 def _wrappers() -> dict[str, type]:
@@ -191,93 +194,147 @@ def detect_kind(model: str) -> BlipKind:
     )
 
 
-def _decoder_specs(
-    decoder: Any, states: np.ndarray, prompt: np.ndarray, ids_dtype: str, prefix: str
-) -> list[tuple[GraphSpec, dict[str, dict[str, np.ndarray]]]]:
-    """decoder_first and decoder_step specs, with cases built from a real first step."""
+@dataclass(frozen=True)
+class _Blip:
+    """A loaded BLIP checkpoint and the real inputs its graphs are checked on."""
+
+    kind: BlipKind
+    model: Any
+    tokenizer: Any
+    processor: Any
+    ids_dtype: str
+
+    @property
+    def bos(self) -> int:
+        return int(self.model.config.text_config.bos_token_id)
+
+    def text_optimizer(self) -> Optimizer:
+        return Optimizer.of(self.model.config.text_config, "bert")
+
+    def image_embeds(self) -> np.ndarray:
+        """The vision encoder's states of two real photos (what the text graphs attend to)."""
+        import torch
+
+        pixels = torch.from_numpy(photo_pixels(self.processor)[:2])
+        with torch.no_grad():
+            return np.asarray(self.model.vision_model(pixel_values=pixels).last_hidden_state)
+
+    def text_feeds(self, count: int = 4) -> dict[str, np.ndarray]:
+        texts = self.tokenizer(list(SAMPLE_TEXTS[:count]), padding=True, return_tensors="np")
+        return {
+            INPUT_IDS: texts["input_ids"].astype(self.ids_dtype),
+            ATTENTION_MASK: texts["attention_mask"].astype(np.int64),
+        }
+
+
+def _vision_spec(blip: _Blip) -> GraphSpec:
+    """pixel_values -> image_embeds (and, for ITM, the ITC-projected image_feat)."""
+    with_feat = blip.kind is BlipKind.ITM
+    outputs = (IMAGE_EMBEDS, IMAGE_FEAT) if with_feat else (IMAGE_EMBEDS,)
+    vision = blip.model.config.vision_config
+    size = int(vision.image_size)
+    return GraphSpec(
+        name="vision_encoder",
+        module=_wrappers()["vision"](blip.model, with_feat).eval(),
+        example_inputs=torch_inputs({PIXEL_VALUES: np.zeros((2, 3, size, size), np.float32)}),
+        output_names=outputs,
+        dynamic_axes=batch_axes(PIXEL_VALUES, *outputs),
+        optimizer=Optimizer.of(vision, "vit"),
+        cases=image_cases(blip.processor, size),
+    )
+
+
+def _text_encoder_spec(blip: _Blip, name: str, head: str, output: str) -> GraphSpec:
+    """The text encoder attending to image embeddings: the ITM head's logits (``itm``) or
+    every hidden state (``states``: VQA's question encoder)."""
+    feeds = {k: v[:2] for k, v in blip.text_feeds().items()} | {IMAGE_EMBEDS: blip.image_embeds()}
+    axes = {0: "batch", 1: "sequence"} if output == QUESTION_EMBEDS else {0: "batch"}
+    return GraphSpec(
+        name=name,
+        module=_wrappers()["text_encoder"](blip.model, head).eval(),
+        example_inputs=torch_inputs(feeds),
+        output_names=(output,),
+        dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK)
+        | batch_axes(IMAGE_EMBEDS)
+        | {output: axes},
+        optimizer=blip.text_optimizer(),
+        cases={"real": feeds},
+    )
+
+
+def _text_feat_spec(blip: _Blip) -> GraphSpec:
+    """input_ids, attention_mask -> the ITC text feature (unimodal text encoder)."""
+    feeds = blip.text_feeds()
+    return GraphSpec(
+        name="text_feat",
+        module=_wrappers()["text_feat"](blip.model).eval(),
+        example_inputs=torch_inputs(feeds),
+        output_names=(TEXT_FEAT,),
+        dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK) | batch_axes(TEXT_FEAT),
+        optimizer=blip.text_optimizer(),
+        cases={"real_texts": feeds},
+    )
+
+
+def _per_layer(layers: int, *groups: list[str]) -> list[str]:
+    """Cache tensor names in the wrappers' order: layer by layer, each group's key and value."""
+    return [group[2 * i + part] for i in range(layers) for group in groups for part in (0, 1)]
+
+
+def _decoder_specs(blip: _Blip, states: np.ndarray, prompt: np.ndarray) -> list[GraphSpec]:
+    """decoder_first and decoder_step, the step checked on the cache a real first step left."""
     import torch
 
     wrappers = _wrappers()
-    cfg = decoder.config
-    layers = int(cfg.num_hidden_layers)
+    decoder = blip.model.text_decoder
+    layers = int(decoder.config.num_hidden_layers)
     batch, seq = prompt.shape
     first = wrappers["decoder_first"](decoder).eval()
     first_feeds = {
-        INPUT_IDS: prompt.astype(ids_dtype),
+        INPUT_IDS: prompt.astype(blip.ids_dtype),
         ATTENTION_MASK: np.ones((batch, seq), dtype=np.int64),
         ENCODER_HIDDEN_STATES: states.astype(np.float32),
     }
     with torch.no_grad():
-        produced = first(*[torch.from_numpy(v) for v in first_feeds.values()])
+        produced = first(*torch_inputs(first_feeds).values())
     self_names, cross_names = cache_names(layers)
     present = [name.replace("past", "present") for name in self_names]
-    dyn = {
-        INPUT_IDS: {0: "batch", 1: "sequence"},
-        ATTENTION_MASK: {0: "batch", 1: "sequence"},
-        ENCODER_HIDDEN_STATES: {0: "batch", 1: "encoder_sequence"},
-        LOGITS: {0: "batch"},
-    }
-    for name in present:
-        dyn[name] = {0: "batch", 2: "sequence"}
-    for name in cross_names:
-        dyn[name] = {0: "batch", 2: "encoder_sequence"}
-    interleaved = []
-    for i in range(layers):
-        interleaved += [
-            present[2 * i],
-            present[2 * i + 1],
-            cross_names[2 * i],
-            cross_names[2 * i + 1],
-        ]
+    cache_axes = {name: {0: "batch", 2: "encoder_sequence"} for name in cross_names}
     first_spec = GraphSpec(
-        name=f"{prefix}decoder_first",
+        name="decoder_first",
         module=first,
-        example_inputs={k: torch.from_numpy(v) for k, v in first_feeds.items()},
-        output_names=(LOGITS, *interleaved),
-        dynamic_axes=dyn,
-        optimizer_model_type="bert",
-        num_heads=int(cfg.num_attention_heads),
-        hidden_size=int(cfg.hidden_size),
+        example_inputs=torch_inputs(first_feeds),
+        output_names=(LOGITS, *_per_layer(layers, present, cross_names)),
+        dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK)
+        | {ENCODER_HIDDEN_STATES: {0: "batch", 1: "encoder_sequence"}}
+        | batch_axes(LOGITS)
+        | {name: {0: "batch", 2: "sequence"} for name in present}
+        | cache_axes,
+        optimizer=blip.text_optimizer(),
+        cases={"seeded": first_feeds},
     )
     # The step case continues the first step: one more token for every row.
-    cache = [t.numpy() for t in produced[1:]]
     step_feeds: dict[str, np.ndarray] = {
-        INPUT_IDS: np.full((batch, 1), 1037, dtype=ids_dtype),
+        INPUT_IDS: np.full((batch, 1), 1037, dtype=blip.ids_dtype),
         POSITION_IDS: np.full((batch, 1), seq, dtype=np.int64),
         ATTENTION_MASK: np.ones((batch, seq + 1), dtype=np.int64),
     }
-    names_in = []
-    for i in range(layers):
-        names_in += [
-            self_names[2 * i],
-            self_names[2 * i + 1],
-            cross_names[2 * i],
-            cross_names[2 * i + 1],
-        ]
-    step_feeds |= dict(zip(names_in, cache, strict=True))
-    step_dyn = {
-        INPUT_IDS: {0: "batch"},
-        POSITION_IDS: {0: "batch"},
-        ATTENTION_MASK: {0: "batch", 1: "total_sequence"},
-        LOGITS: {0: "batch"},
-    }
-    for name in self_names:
-        step_dyn[name] = {0: "batch", 2: "past_sequence"}
-    for name in cross_names:
-        step_dyn[name] = {0: "batch", 2: "encoder_sequence"}
-    for name in present:
-        step_dyn[name] = {0: "batch", 2: "total_sequence"}
+    cache = [t.numpy() for t in produced[1:]]
+    step_feeds |= dict(zip(_per_layer(layers, self_names, cross_names), cache, strict=True))
     step_spec = GraphSpec(
-        name=f"{prefix}decoder_step",
+        name="decoder_step",
         module=wrappers["decoder_step"](decoder).eval(),
-        example_inputs={k: torch.from_numpy(v) for k, v in step_feeds.items()},
+        example_inputs=torch_inputs(step_feeds),
         output_names=(LOGITS, *present),
-        dynamic_axes=step_dyn,
-        optimizer_model_type="bert",
-        num_heads=int(cfg.num_attention_heads),
-        hidden_size=int(cfg.hidden_size),
+        dynamic_axes=batch_axes(INPUT_IDS, POSITION_IDS, LOGITS)
+        | {ATTENTION_MASK: {0: "batch", 1: "total_sequence"}}
+        | {name: {0: "batch", 2: "past_sequence"} for name in self_names}
+        | cache_axes
+        | {name: {0: "batch", 2: "total_sequence"} for name in present},
+        optimizer=blip.text_optimizer(),
+        cases={"seeded": step_feeds},
     )
-    return [(first_spec, {"seeded": first_feeds}), (step_spec, {"seeded": step_feeds})]
+    return [first_spec, step_spec]
 
 
 def _prompt_ids(tokenizer: Any, text: str, bos: int) -> np.ndarray:
@@ -287,18 +344,41 @@ def _prompt_ids(tokenizer: Any, text: str, bos: int) -> np.ndarray:
     return np.array([ids[:-1]], dtype=np.int64)
 
 
-def export_blip(options: ExportOptions, progress: ProgressFn = _no_progress) -> dict[str, Any]:
-    """Export a BLIP checkpoint (captioning, ITM or VQA, detected from its config).
+def _caption_specs(blip: _Blip) -> list[GraphSpec]:
+    prompt = np.repeat(_prompt_ids(blip.tokenizer, "a picture of", blip.bos), 2, axis=0)
+    return _decoder_specs(blip, blip.image_embeds(), prompt)
 
-    Returns:
-        The export report (also written to ``<out>/export_report.json``).
-    """
+
+def _itm_specs(blip: _Blip) -> list[GraphSpec]:
+    return [_text_encoder_spec(blip, "itm_head", "itm", ITM_LOGITS), _text_feat_spec(blip)]
+
+
+def _vqa_specs(blip: _Blip) -> list[GraphSpec]:
+    """The question encoder, and the decoder checked on the states it gives a real question."""
     import torch
+
+    question = blip.tokenizer(["what is in the picture?"] * 2, return_tensors="np")
+    with torch.no_grad():
+        states = blip.model.text_encoder(
+            input_ids=torch.from_numpy(question["input_ids"]),
+            encoder_hidden_states=torch.from_numpy(blip.image_embeds()),
+        ).last_hidden_state.numpy()
+    prompt = np.full((2, 1), blip.bos, dtype=np.int64)
+    encoder = _text_encoder_spec(blip, "question_encoder", "states", QUESTION_EMBEDS)
+    return [encoder, *_decoder_specs(blip, states, prompt)]
+
+
+KIND_SPECS: dict[BlipKind, Callable[[_Blip], list[GraphSpec]]] = {
+    BlipKind.CAPTION: _caption_specs,
+    BlipKind.ITM: _itm_specs,
+    BlipKind.VQA: _vqa_specs,
+}
+
+
+def _load(options: ExportOptions) -> _Blip:
     import transformers
-    from PIL import Image
     from transformers import AutoTokenizer, BlipImageProcessor
 
-    progress(f"loading {options.model}")
     kind = detect_kind(options.model)
     try:
         model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(
@@ -308,122 +388,37 @@ def export_blip(options: ExportOptions, progress: ProgressFn = _no_progress) -> 
         processor = BlipImageProcessor.from_pretrained(options.model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load BLIP checkpoint {options.model!r}: {exc}") from exc
-    model.eval()
-    wrappers = _wrappers()
-    text_cfg = model.config.text_config
-    vision_cfg = model.config.vision_config
-    size = int(vision_cfg.image_size)
-    rng = np.random.default_rng(0)
-    photos = [Image.open(path).convert("RGB") for path in photo_paths()]
-    pixel_cases = {
-        "seeded": {PIXEL_VALUES: rng.standard_normal((2, 3, size, size)).astype(np.float32)},
-        "real_photos": {
-            PIXEL_VALUES: processor(images=photos, return_tensors="np")["pixel_values"].astype(
-                np.float32
-            )
-        },
-    }
-    vision_outputs = (IMAGE_EMBEDS, IMAGE_FEAT) if kind is BlipKind.ITM else (IMAGE_EMBEDS,)
-    vision = GraphSpec(
-        name="vision_encoder",
-        module=wrappers["vision"](model, kind is BlipKind.ITM).eval(),
-        example_inputs={PIXEL_VALUES: torch.zeros(2, 3, size, size)},
-        output_names=vision_outputs,
-        dynamic_axes={PIXEL_VALUES: {0: "batch"}} | {n: {0: "batch"} for n in vision_outputs},
-        optimizer_model_type="vit",
-        num_heads=int(vision_cfg.num_attention_heads),
-        hidden_size=int(vision_cfg.hidden_size),
+    return _Blip(kind, model.eval(), tokenizer, processor, options.ids_dtype)
+
+
+def export_blip(options: ExportOptions, progress: ProgressFn = no_progress) -> ExportReport:
+    """Export a BLIP checkpoint (captioning, ITM or VQA, detected from its config).
+
+    Returns:
+        The export report (also written to ``<out>/export_report.json``).
+    """
+    progress(f"loading {options.model}")
+    blip = _load(options)
+    specs = [_vision_spec(blip), *KIND_SPECS[blip.kind](blip)]
+    graphs = export_graphs(specs, options, progress)
+    save_processing(options, blip.tokenizer, blip.processor, progress)
+    text = blip.model.config.text_config
+    report = ExportReport(
+        family="blip",
+        kind=blip.kind.value,
+        source=options.model,
+        precision=options.precision.value,
+        opset=options.opset,
+        ids_dtype=options.ids_dtype,
+        image_size=int(blip.model.config.vision_config.image_size),
+        bos_token_id=blip.bos,
+        sep_token_id=int(text.sep_token_id),
+        pad_token_id=int(text.pad_token_id),
+        max_text_length=int(text.max_position_embeddings),
+        num_layers=int(text.num_hidden_layers),
+        graphs=graphs,
+        versions=library_versions(),
     )
-    with torch.no_grad():
-        image_embeds = model.vision_model(
-            pixel_values=torch.from_numpy(pixel_cases["real_photos"][PIXEL_VALUES][:2])
-        ).last_hidden_state.numpy()
-    bos = int(text_cfg.bos_token_id)
-    ids_dtype = options.ids_dtype
-    texts = tokenizer(list(SAMPLE_TEXTS[:4]), padding=True, return_tensors="np")
-    text_feeds = {
-        INPUT_IDS: texts["input_ids"].astype(ids_dtype),
-        ATTENTION_MASK: texts["attention_mask"].astype(np.int64),
-    }
-    text_dyn = {INPUT_IDS: {0: "batch", 1: "sequence"}, ATTENTION_MASK: {0: "batch", 1: "sequence"}}
-    specs: list[tuple[GraphSpec, dict[str, dict[str, np.ndarray]]]] = [(vision, pixel_cases)]
-    if kind is BlipKind.CAPTION:
-        prompt = np.repeat(_prompt_ids(tokenizer, "a picture of", bos), 2, axis=0)
-        specs += _decoder_specs(model.text_decoder, image_embeds, prompt, ids_dtype, "")
-    else:
-        pair = {k: v[:2] for k, v in text_feeds.items()} | {IMAGE_EMBEDS: image_embeds}
-        head = "itm" if kind is BlipKind.ITM else "states"
-        output = ITM_LOGITS if kind is BlipKind.ITM else QUESTION_EMBEDS
-        specs.append(
-            (
-                GraphSpec(
-                    name="itm_head" if kind is BlipKind.ITM else "question_encoder",
-                    module=wrappers["text_encoder"](model, head).eval(),
-                    example_inputs={k: torch.from_numpy(v) for k, v in pair.items()},
-                    output_names=(output,),
-                    dynamic_axes=text_dyn
-                    | {
-                        IMAGE_EMBEDS: {0: "batch"},
-                        output: {0: "batch"}
-                        | ({1: "sequence"} if output == QUESTION_EMBEDS else {}),
-                    },
-                    optimizer_model_type="bert",
-                    num_heads=int(text_cfg.num_attention_heads),
-                    hidden_size=int(text_cfg.hidden_size),
-                ),
-                {"real": pair},
-            )
-        )
-        if kind is BlipKind.ITM:
-            specs.append(
-                (
-                    GraphSpec(
-                        name="text_feat",
-                        module=wrappers["text_feat"](model).eval(),
-                        example_inputs={k: torch.from_numpy(v) for k, v in text_feeds.items()},
-                        output_names=(TEXT_FEAT,),
-                        dynamic_axes=text_dyn | {TEXT_FEAT: {0: "batch"}},
-                        optimizer_model_type="bert",
-                        num_heads=int(text_cfg.num_attention_heads),
-                        hidden_size=int(text_cfg.hidden_size),
-                    ),
-                    {"real_texts": text_feeds},
-                )
-            )
-        else:
-            question = tokenizer(["what is in the picture?"] * 2, return_tensors="np")
-            with torch.no_grad():
-                states = model.text_encoder(
-                    input_ids=torch.from_numpy(question["input_ids"]),
-                    encoder_hidden_states=torch.from_numpy(image_embeds),
-                ).last_hidden_state.numpy()
-            prompt = np.full((2, 1), bos, dtype=np.int64)
-            specs += _decoder_specs(model.text_decoder, states, prompt, ids_dtype, "")
-    options.out.mkdir(parents=True, exist_ok=True)
-    graphs: dict[str, GraphReport] = {}
-    for spec, cases in specs:
-        graphs[spec.name] = export_and_check(spec, options, cases, progress)
-    progress("saving tokenizer and image processor")
-    tokenizer.save_pretrained(options.out / TOKENIZER_DIR)
-    processor.save_pretrained(options.out / PREPROCESSOR_DIR)
-    report = {
-        "family": "blip",
-        "kind": kind.value,
-        "source": options.model,
-        "precision": options.precision.value,
-        "opset": options.opset,
-        "ids_dtype": ids_dtype,
-        "image_size": size,
-        "bos_token_id": bos,
-        "sep_token_id": int(text_cfg.sep_token_id),
-        "pad_token_id": int(text_cfg.pad_token_id),
-        "max_text_length": int(text_cfg.max_position_embeddings),
-        "num_layers": int(text_cfg.num_hidden_layers),
-        "tokenizer": TOKENIZER_DIR,
-        "preprocessor": PREPROCESSOR_DIR,
-        "graphs": graphs,
-        "versions": library_versions(),
-    }
-    write_report(options.out, report)
-    logger.info("BLIP %s exported to %s", kind.value, options.out)
+    report.write(options.out)
+    logger.info("BLIP %s exported to %s", blip.kind.value, options.out)
     return report

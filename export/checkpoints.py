@@ -12,7 +12,7 @@ import gzip
 import json
 import logging
 import tempfile
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from vlpserve.export.samples import clip_bpe_path
@@ -23,7 +23,7 @@ CLIP_BASE_HUB_ID = "openai/clip-vit-base-patch32"
 GROUPVIT_BASE_HUB_ID = "nvidia/groupvit-gcc-yfcc"
 
 
-class Size(str, Enum):
+class Size(StrEnum):
     """Architecture size of a seeded checkpoint."""
 
     TINY = "tiny"

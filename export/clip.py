@@ -22,21 +22,22 @@ from vlpserve.contract import (
 )
 from vlpserve.errors import ExportError
 from vlpserve.export.common import (
+    Cases,
     ExportOptions,
-    GraphReport,
     GraphSpec,
-    ProgressFn,
-    _no_progress,
-    export_and_check,
+    Optimizer,
+    batch_axes,
+    export_graphs,
     library_versions,
-    write_report,
+    save_processing,
+    sequence_axes,
+    torch_inputs,
 )
+from vlpserve.export.report import ExportReport
 from vlpserve.export.samples import SAMPLE_TEXTS, photo_paths
+from vlpserve.progress import ProgressFn, no_progress
 
 logger = logging.getLogger(__name__)
-
-TOKENIZER_DIR = "tokenizer"
-PREPROCESSOR_DIR = "preprocessor"
 
 
 def _towers() -> tuple[type, type]:
@@ -85,7 +86,7 @@ def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
     return loaded, tokenizer, processor
 
 
-def text_cases(tokenizer: Any, vocab_size: int) -> dict[str, dict[str, np.ndarray]]:
+def text_cases(tokenizer: Any, vocab_size: int) -> Cases:
     """Seeded random ids and real sentences, as the text graph's feeds."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab_size, size=(3, 12), dtype=np.int64)
@@ -101,59 +102,55 @@ def text_cases(tokenizer: Any, vocab_size: int) -> dict[str, dict[str, np.ndarra
     }
 
 
-def image_cases(processor: Any, image_size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Seeded random pixels and the real sample photographs, as the image graph's feeds."""
+def photo_pixels(processor: Any) -> np.ndarray:
+    """The sample photographs as the checkpoint's image processor prepares them."""
     from PIL import Image
 
+    photos = [Image.open(path).convert("RGB") for path in photo_paths()]
+    return processor(images=photos, return_tensors="np")["pixel_values"].astype(np.float32)
+
+
+def image_cases(processor: Any, image_size: int) -> Cases:
+    """Seeded random pixels and the real sample photographs, as an image graph's feeds."""
     rng = np.random.default_rng(0)
     seeded = rng.standard_normal((2, 3, image_size, image_size)).astype(np.float32)
-    photos = [Image.open(path).convert("RGB") for path in photo_paths()]
-    real = processor(images=photos, return_tensors="np")["pixel_values"].astype(np.float32)
-    return {"seeded": {PIXEL_VALUES: seeded}, "real_photos": {PIXEL_VALUES: real}}
+    return {
+        "seeded": {PIXEL_VALUES: seeded},
+        "real_photos": {PIXEL_VALUES: photo_pixels(processor)},
+    }
 
 
-def text_graph_spec(model: Any, tokenizer: Any, name: str = "text_encoder") -> GraphSpec:
+def text_graph_spec(model: Any, tokenizer: Any) -> GraphSpec:
     """Graph spec of the text tower (shared by CLIP-like families)."""
-    import torch
-
     text_tower, _ = _towers()
-    cfg = model.config.text_config
-    ids = torch.full((2, 16), int(tokenizer.eos_token_id), dtype=torch.int64)
+    ids = np.full((2, 16), int(tokenizer.eos_token_id), dtype=np.int64)
     ids[:, 0] = int(tokenizer.bos_token_id)
     return GraphSpec(
-        name=name,
+        name="text_encoder",
         module=text_tower(model).eval(),
-        example_inputs={INPUT_IDS: ids, ATTENTION_MASK: torch.ones_like(ids)},
+        example_inputs=torch_inputs({INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}),
         output_names=(TEXT_EMBEDS,),
-        dynamic_axes={
-            INPUT_IDS: {0: "batch", 1: "sequence"},
-            ATTENTION_MASK: {0: "batch", 1: "sequence"},
-            TEXT_EMBEDS: {0: "batch"},
-        },
-        optimizer_model_type="clip",
-        num_heads=cfg.num_attention_heads,
-        hidden_size=cfg.hidden_size,
+        dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK) | batch_axes(TEXT_EMBEDS),
+        optimizer=Optimizer.of(model.config.text_config, "clip"),
+        cases=text_cases(tokenizer, model.config.text_config.vocab_size),
         output_dims={TEXT_EMBEDS: (int(model.config.projection_dim),)},
     )
 
 
 def image_graph_spec(
-    module: Any, vision: Any, output_dims: dict[str, tuple[int, ...]]
+    module: Any, vision: Any, processor: Any, output_dims: dict[str, tuple[int, ...]]
 ) -> GraphSpec:
     """Graph spec of an image tower taking fixed-size pixel_values."""
-    import torch
-
     size = int(vision.image_size)
     outputs = tuple(output_dims)
     return GraphSpec(
         name="image_encoder",
         module=module.eval(),
-        example_inputs={PIXEL_VALUES: torch.zeros(2, 3, size, size)},
+        example_inputs=torch_inputs({PIXEL_VALUES: np.zeros((2, 3, size, size), np.float32)}),
         output_names=outputs,
-        dynamic_axes={PIXEL_VALUES: {0: "batch"}} | {name: {0: "batch"} for name in outputs},
-        optimizer_model_type="clip",  # "vit" leaves attention unfused
-        num_heads=vision.num_attention_heads,
-        hidden_size=vision.hidden_size,
+        dynamic_axes=batch_axes(PIXEL_VALUES, *outputs),
+        optimizer=Optimizer.of(vision, "clip"),  # "vit" leaves attention unfused
+        cases=image_cases(processor, size),
         output_dims=output_dims,
     )
 
@@ -163,8 +160,8 @@ def export_dual_encoder(
     family: Family,
     loaded: tuple[Any, Any, Any],
     image_spec: GraphSpec,
-    progress: ProgressFn = _no_progress,
-) -> dict[str, Any]:
+    progress: ProgressFn = no_progress,
+) -> ExportReport:
     """Export the text and image graphs of a CLIP-like model, its tokenizer and processor.
 
     Every graph is checked against PyTorch on seeded tensors and on real texts/photos before
@@ -174,40 +171,28 @@ def export_dual_encoder(
         The export report (also written to ``<out>/export_report.json``).
     """
     model, tokenizer, processor = loaded
-    options.out.mkdir(parents=True, exist_ok=True)
-    text_config = model.config.text_config
-    image_size = int(model.config.vision_config.image_size)
-    specs = [
-        (text_graph_spec(model, tokenizer), text_cases(tokenizer, text_config.vocab_size)),
-        (image_spec, image_cases(processor, image_size)),
-    ]
-    graphs: dict[str, GraphReport] = {}
-    for spec, cases in specs:
-        graphs[spec.name] = export_and_check(spec, options, cases, progress)
-    progress("saving tokenizer and image processor")
-    tokenizer.save_pretrained(options.out / TOKENIZER_DIR)
-    processor.save_pretrained(options.out / PREPROCESSOR_DIR)
-    report = {
-        "family": family.value,
-        "source": options.model,
-        "precision": options.precision.value,
-        "opset": options.opset,
-        "logit_scale": float(model.logit_scale.detach().exp().item()),
-        "max_text_length": int(text_config.max_position_embeddings),
-        "pad_token_id": int(tokenizer.pad_token_id),
-        "image_size": image_size,
-        "embedding_dim": int(model.config.projection_dim),
-        "tokenizer": TOKENIZER_DIR,
-        "preprocessor": PREPROCESSOR_DIR,
-        "graphs": graphs,
-        "versions": library_versions(),
-    }
-    write_report(options.out, report)
+    specs = [text_graph_spec(model, tokenizer), image_spec]
+    graphs = export_graphs(specs, options, progress)
+    save_processing(options, tokenizer, processor, progress)
+    report = ExportReport(
+        family=family.value,
+        source=options.model,
+        precision=options.precision.value,
+        opset=options.opset,
+        logit_scale=float(model.logit_scale.detach().exp().item()),
+        max_text_length=int(model.config.text_config.max_position_embeddings),
+        pad_token_id=int(tokenizer.pad_token_id),
+        image_size=int(model.config.vision_config.image_size),
+        embedding_dim=int(model.config.projection_dim),
+        graphs=graphs,
+        versions=library_versions(),
+    )
+    report.write(options.out)
     logger.info("%s exported to %s", family.value, options.out)
     return report
 
 
-def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+def export_clip(options: ExportOptions, progress: ProgressFn = no_progress) -> ExportReport:
     """Export a CLIP checkpoint: text and image graphs, tokenizer, processor, report.
 
     Returns:
@@ -218,10 +203,11 @@ def export_clip(options: ExportOptions, progress: ProgressFn = _no_progress) -> 
     _, image_tower = _towers()
     progress(f"loading {options.model}")
     loaded = load_reference(options.model, CLIPModel)
-    model = loaded[0]
+    model, _, processor = loaded
     image_spec = image_graph_spec(
         image_tower(model),
         model.config.vision_config,
+        processor,
         {IMAGE_EMBEDS: (int(model.config.projection_dim),)},
     )
     return export_dual_encoder(options, Family.CLIP, loaded, image_spec, progress)

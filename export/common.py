@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +17,15 @@ import numpy as np
 from vlpserve import __version__
 from vlpserve.dtypes import from_onnx
 from vlpserve.errors import ConfigError, ExportError, ParityError
+from vlpserve.export.report import GraphReport
+from vlpserve.layout import ExportFolder
+from vlpserve.ort import session
+from vlpserve.progress import ProgressFn, no_progress
 
 logger = logging.getLogger(__name__)
 
-REPORT_FILE = "export_report.json"
-GRAPH_FILE = "model.onnx"
-PLAIN_GRAPH_FILE = "model.plain.onnx"
 
-
-class Precision(str, Enum):
+class Precision(StrEnum):
     """Element type of the exported graph's weights and compute (inputs/outputs stay fp32).
 
     ``int8``: dynamic quantization of the MatMul and fused Attention weights (QInt8, with
@@ -66,42 +65,54 @@ class ExportOptions:
             raise ConfigError(f"ids_dtype must be int64 or int32, got {self.ids_dtype!r}")
 
 
+@dataclass(frozen=True)
+class Optimizer:
+    """What onnxruntime.transformers' optimizer needs to fuse a transformer's attention."""
+
+    model_type: str  # "clip", "vit", "bert"
+    num_heads: int
+    hidden_size: int
+
+    @classmethod
+    def of(cls, config: Any, model_type: str) -> Optimizer:
+        """Hints from a Hugging Face (sub-)config with num_attention_heads and hidden_size."""
+        return cls(model_type, int(config.num_attention_heads), int(config.hidden_size))
+
+
+Cases = dict[str, dict[str, np.ndarray]]  # case name -> the graph's feeds
+
+
 @dataclass(frozen=True, kw_only=True)
 class GraphSpec:
-    """One graph to export: the wrapper module, example inputs and ORT optimizer hints."""
+    """One graph to export: the wrapper module, example inputs, axes, optimizer hints, and
+    the cases its parity is checked on."""
 
     name: str
     module: Any  # torch.nn.Module, in eval mode
     example_inputs: dict[str, Any]  # name -> torch.Tensor, in forward() order
     output_names: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
-    optimizer_model_type: str  # onnxruntime.transformers model_type ("clip", "vit", "bert")
-    num_heads: int
-    hidden_size: int
+    optimizer: Optimizer
+    cases: Cases
     # Non-batch dims of outputs the tracer leaves symbolic (an embedding width, say).
     output_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
 
-@dataclass
-class GraphReport:
-    """What the export report says about one graph."""
-
-    path: str
-    inputs: list[dict[str, Any]]
-    outputs: list[dict[str, Any]]
-    opset: int
-    size_bytes: int
-    precision: str
-    fusions: dict[str, int] = field(default_factory=dict)
-    parity: dict[str, dict[str, float]] = field(default_factory=dict)
-    plain_path: str | None = None
+def batch_axes(*names: str) -> dict[str, dict[int, str]]:
+    """Dynamic axes for tensors whose only dynamic axis is the batch."""
+    return {name: {0: "batch"} for name in names}
 
 
-ProgressFn = Callable[[str], None]
+def sequence_axes(*names: str) -> dict[str, dict[int, str]]:
+    """Dynamic axes for (batch, sequence) tensors such as token ids."""
+    return {name: {0: "batch", 1: "sequence"} for name in names}
 
 
-def _no_progress(_: str) -> None:
-    return None
+def torch_inputs(feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """Example inputs for the exporter: the feeds as tensors, in order."""
+    import torch
+
+    return {name: torch.from_numpy(np.ascontiguousarray(value)) for name, value in feeds.items()}
 
 
 @contextmanager
@@ -164,9 +175,9 @@ def optimize_graph(
         model = (
             optimize_model(
                 str(src),
-                model_type=spec.optimizer_model_type,
-                num_heads=spec.num_heads,
-                hidden_size=spec.hidden_size,
+                model_type=spec.optimizer.model_type,
+                num_heads=spec.optimizer.num_heads,
+                hidden_size=spec.optimizer.hidden_size,
                 opt_level=0,  # graph fusions only: the file stays portable across providers
                 only_onnxruntime=False,
             )
@@ -234,16 +245,6 @@ def graph_io(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return describe(inputs), describe(graph.output)
 
 
-def ort_session(path: Path, *, threads: int = 0) -> Any:
-    """An ONNX Runtime CPU session with all graph optimizations."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     """Per-item cosine (minimum over the batch) and max abs diff of two batched outputs."""
     a = actual.reshape(actual.shape[0], -1).astype(np.float64)
@@ -253,24 +254,18 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, float]:
     return {"cosine_min": float(cosine.min()), "max_abs_diff": float(np.abs(a - e).max())}
 
 
-def check_parity(
-    spec: GraphSpec,
-    path: Path,
-    cases: Mapping[str, dict[str, np.ndarray]],
-    *,
-    tolerance: float,
-) -> dict[str, dict[str, float]]:
+def check_parity(spec: GraphSpec, path: Path, *, tolerance: float) -> dict[str, dict[str, float]]:
     """Run every case through the graph and through PyTorch; raise ParityError on a miss.
 
     Returns ``{case: {cosine_min, max_abs_diff}}`` with the worst output of each case.
     """
     import torch
 
-    session = ort_session(path)
+    graph = session(path)
     figures: dict[str, dict[str, float]] = {}
-    for case, feeds in cases.items():
+    for case, feeds in spec.cases.items():
         with _wrap(f"running {spec.name} on '{case}'"):
-            got = session.run(list(spec.output_names), feeds)
+            got = graph.run(list(spec.output_names), feeds)
         with torch.no_grad():
             # Positionally, in example_inputs order: forward() may take *past tensors.
             ref = spec.module(*[torch.from_numpy(feeds[name]) for name in spec.example_inputs])
@@ -294,27 +289,24 @@ def check_parity(
 
 
 def export_and_check(
-    spec: GraphSpec,
-    options: ExportOptions,
-    cases: Mapping[str, dict[str, np.ndarray]],
-    progress: ProgressFn = _no_progress,
+    spec: GraphSpec, options: ExportOptions, progress: ProgressFn = no_progress
 ) -> GraphReport:
     """Export one graph, optimize it, check parity, and describe it for the report."""
-    folder = options.out / spec.name
-    folder.mkdir(parents=True, exist_ok=True)
-    plain = folder / PLAIN_GRAPH_FILE
-    final = folder / GRAPH_FILE
+    folder = ExportFolder(options.out)
+    plain = folder.plain_graph(spec.name)
+    final = folder.graph(spec.name)
+    final.parent.mkdir(parents=True, exist_ok=True)
     progress(f"{spec.name}: exporting")
     export_graph(spec, plain, opset=options.opset)
     tolerance = COSINE_TOLERANCE[options.precision]
     progress(f"{spec.name}: checking the plain graph")
-    check_parity(spec, plain, cases, tolerance=COSINE_TOLERANCE[Precision.FP32])
+    check_parity(spec, plain, tolerance=COSINE_TOLERANCE[Precision.FP32])
     progress(f"{spec.name}: optimizing")
     fusions = optimize_graph(
         spec, plain, final, precision=options.precision, optimize=options.optimize
     )
     progress(f"{spec.name}: checking the final graph")
-    parity = check_parity(spec, final, cases, tolerance=tolerance)
+    parity = check_parity(spec, final, tolerance=tolerance)
     if not options.keep_plain:
         plain.unlink()
     inputs, outputs = graph_io(final)
@@ -345,19 +337,19 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def write_report(out: Path, report: dict[str, Any]) -> Path:
-    """Write the JSON export report; GraphReport values are turned into dicts."""
-    serial = {
-        k: ({g: asdict(r) for g, r in v.items()} if k == "graphs" else v) for k, v in report.items()
-    }
-    path = out / REPORT_FILE
-    path.write_text(json.dumps(serial, indent=2) + "\n")
-    return path
+def export_graphs(
+    specs: Sequence[GraphSpec], options: ExportOptions, progress: ProgressFn = no_progress
+) -> dict[str, GraphReport]:
+    """Export and check every graph into ``options.out``; their reports by name."""
+    options.out.mkdir(parents=True, exist_ok=True)
+    return {spec.name: export_and_check(spec, options, progress) for spec in specs}
 
 
-def read_report(export_dir: Path | str) -> dict[str, Any]:
-    """Read an export report; RepositoryError-free: raises ConfigError when it is missing."""
-    path = Path(export_dir) / REPORT_FILE
-    if not path.is_file():
-        raise ConfigError(f"{export_dir} is not an export folder: {REPORT_FILE} is missing")
-    return dict(json.loads(path.read_text()))
+def save_processing(
+    options: ExportOptions, tokenizer: Any, processor: Any, progress: ProgressFn = no_progress
+) -> None:
+    """The checkpoint's fast tokenizer and image processor, where the export folder keeps them."""
+    progress("saving tokenizer and image processor")
+    folder = ExportFolder(options.out)
+    tokenizer.save_pretrained(folder.tokenizer)
+    processor.save_pretrained(folder.preprocessor)

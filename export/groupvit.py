@@ -13,7 +13,9 @@ from typing import Any
 
 from vlpserve.contract import GROUP_EMBEDS, GROUPING, IMAGE_EMBEDS, Family
 from vlpserve.export.clip import export_dual_encoder, image_graph_spec, load_reference
-from vlpserve.export.common import ExportOptions, ProgressFn, _no_progress
+from vlpserve.export.common import ExportOptions
+from vlpserve.export.report import ExportReport
+from vlpserve.progress import ProgressFn, no_progress
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _image_tower() -> type:
     return GroupViTImageTower
 
 
-def export_groupvit(options: ExportOptions, progress: ProgressFn = _no_progress) -> dict[str, Any]:
+def export_groupvit(options: ExportOptions, progress: ProgressFn = no_progress) -> ExportReport:
     """Export a GroupViT checkpoint (eval mode: no gumbel sampling) and write its report.
 
     Returns:
@@ -64,18 +66,18 @@ def export_groupvit(options: ExportOptions, progress: ProgressFn = _no_progress)
 
     progress(f"loading {options.model}")
     loaded = load_reference(options.model, GroupViTModel)
-    model = loaded[0]
+    model, _, processor = loaded
     vision = model.config.vision_config
     groups = int(vision.num_output_groups[-1])
     dim = int(model.config.projection_dim)
     image_spec = image_graph_spec(
         _image_tower()(model),
         vision,
+        processor,
         {
             IMAGE_EMBEDS: (dim,),
             GROUP_EMBEDS: (groups, dim),
             GROUPING: (groups, *patch_grid(vision)),
         },
     )
-    report = export_dual_encoder(options, Family.GROUPVIT, loaded, image_spec, progress)
-    return report
+    return export_dual_encoder(options, Family.GROUPVIT, loaded, image_spec, progress)

@@ -1,8 +1,8 @@
-"""Triton model repository: configs, builder, validator, and the tritonserver launcher."""
+"""Triton model repository: configs, builder, validator, and the deployments the demo and
+the benchmarks prepare."""
 
 from vlpserve.model_repository.builder import RepositoryOptions, build_repository
 from vlpserve.model_repository.config import Device, ModelConfig, Runtime
-from vlpserve.model_repository.server import TritonServer
 from vlpserve.model_repository.validate import ValidationReport, validate_repository
 
 __all__ = [
@@ -10,7 +10,6 @@ __all__ = [
     "ModelConfig",
     "RepositoryOptions",
     "Runtime",
-    "TritonServer",
     "ValidationReport",
     "build_repository",
     "validate_repository",

@@ -8,7 +8,6 @@ native ONNX Runtime backend with TensorRT / CUDA accelerators on GPU (NGC contai
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -23,8 +22,6 @@ from vlpserve.contract import (
     INPUT_IDS,
     LABEL_MAP,
     LABELS,
-    PARAM_LOGIT_SCALE,
-    PARAM_PAD_VALUES,
     PIXEL_VALUES,
     QUESTION,
     SCORES,
@@ -36,7 +33,9 @@ from vlpserve.contract import (
     embedding_models,
 )
 from vlpserve.errors import ConfigError, RepositoryError
-from vlpserve.export.common import GRAPH_FILE, graph_io, read_report
+from vlpserve.export.common import graph_io
+from vlpserve.export.report import ExportReport
+from vlpserve.layout import ExportFolder, ModelFolder
 from vlpserve.model_repository.config import (
     Accelerator,
     Batching,
@@ -46,6 +45,16 @@ from vlpserve.model_repository.config import (
     Runtime,
     TensorConfig,
     write_config,
+)
+from vlpserve.model_repository.runtime.params import (
+    BlipGenerateParams,
+    BlipParams,
+    FamilyParams,
+    GraphParams,
+    ImageParams,
+    SegmentParams,
+    TextParams,
+    TokenizerParams,
 )
 
 logger = logging.getLogger(__name__)
@@ -132,59 +141,85 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def _fresh_model_dir(repo: Path, name: str) -> Path:
-    folder = repo / name
-    if folder.exists():
-        shutil.rmtree(folder)
-    (folder / "1").mkdir(parents=True)
-    return folder / "1"
+class _Renderer:
+    """What rendering any export needs: the export's files and fresh model folders."""
 
-
-class _Builder:
-    """Renders one dual-encoder family (CLIP-like) export into a repository."""
-
-    def __init__(self, options: RepositoryOptions, report: dict[str, Any]) -> None:
+    def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
         self.options = options
         self.report = report
-        self.models: EmbeddingModels = embedding_models(report["family"])
-        self.parameters = {PARAM_LOGIT_SCALE: repr(float(report["logit_scale"]))}
+        self.export = ExportFolder(options.export_dir)
+        self.python = options.runtime is Runtime.PYTHON
         self.batching = Batching(max_queue_delay_us=options.max_queue_delay_us)
 
-    def python_model(self, module: str, version_dir: Path) -> None:
-        (version_dir / "model.py").write_text(SHIM.format(module=f"{RUNTIME_MODULE}.{module}"))
+    def model_folder(self, name: str) -> ModelFolder:
+        """``<out>/<name>/1``, emptied."""
+        if (self.options.out / name).exists():
+            shutil.rmtree(self.options.out / name)
+        folder = ModelFolder.of(self.options.out, name)
+        folder.root.mkdir(parents=True)
+        return folder
 
-    def encoder(self, contract: ModelContract, graph: str) -> ModelConfig:
-        src = self.options.export_dir / graph / GRAPH_FILE
+    def graph(self, name: str) -> Path:
+        src = self.export.graph(name)
         if not src.is_file():
             raise RepositoryError(f"{src} is missing: export the checkpoint first")
+        return src
+
+    def python_model(self, folder: ModelFolder, module: str) -> None:
+        """model.py importing ``module``'s TritonPythonModel from the installed vlpserve."""
+        folder.model_file.write_text(SHIM.format(module=f"{RUNTIME_MODULE}.{module}"))
+
+    def copy_tokenizer(self, folder: ModelFolder) -> None:
+        if not self.export.tokenizer_file.is_file():
+            raise RepositoryError(
+                f"{self.export.tokenizer_file} is missing: a fast tokenizer is needed"
+            )
+        shutil.copytree(self.export.tokenizer, folder.tokenizer)
+
+    def copy_preprocessor(self, folder: ModelFolder) -> None:
+        src = self.export.preprocessor_file
+        if not src.is_file():
+            raise RepositoryError(f"{src} is missing")
+        shutil.copy2(src, folder.preprocessor_file)
+
+
+class _Builder(_Renderer):
+    """Renders one dual-encoder family (CLIP-like) export into a repository."""
+
+    def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
+        super().__init__(options, report)
+        self.models: EmbeddingModels = embedding_models(report.family)
+        self.family = FamilyParams(logit_scale=float(report.required("logit_scale")))
+
+    def encoder(self, contract: ModelContract, graph: str) -> ModelConfig:
+        src = self.graph(graph)
         inputs, outputs = (tensor_configs(d) for d in graph_io(src))
         check_against_contract(contract, inputs, outputs)
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
-        _link_or_copy(src, version_dir / GRAPH_FILE)
+        folder = self.model_folder(contract.name)
+        _link_or_copy(src, folder.graph())
         accelerators: tuple[Accelerator, ...] = ()
-        if self.options.runtime is Runtime.PYTHON:
-            backend = "python"
-            self.python_model("onnx_model", version_dir)
-        else:
-            backend = "onnxruntime"
-            if self.options.device is Device.GPU:
-                accelerators = (
-                    Accelerator(
-                        name="tensorrt",
-                        parameters={
-                            "precision_mode": "FP16",
-                            "max_workspace_size_bytes": str(2 << 30),
-                            "trt_engine_cache_enable": "1",
-                        },
-                    ),
-                )
-        parameters = dict(self.parameters)
-        if backend == "python" and contract.name == self.models.text_encoder.name:
-            inputs, pads = self.ragged_tokens(inputs, outputs)
-            parameters[PARAM_PAD_VALUES] = json.dumps(pads)
+        parameters = self.family.to_config()
+        if self.python:
+            pads: dict[str, int] = {}
+            if contract.name == self.models.text_encoder.name:
+                inputs, pads = self.ragged_tokens(inputs, outputs)
+            params = GraphParams(logit_scale=self.family.logit_scale, pad_values=pads)
+            parameters = params.to_config()
+            self.python_model(folder, "onnx_model")
+        elif self.options.device is Device.GPU:
+            accelerators = (
+                Accelerator(
+                    name="tensorrt",
+                    parameters={
+                        "precision_mode": "FP16",
+                        "max_workspace_size_bytes": str(2 << 30),
+                        "trt_engine_cache_enable": "1",
+                    },
+                ),
+            )
         return ModelConfig(
             name=contract.name,
-            backend=backend,
+            backend="python" if self.python else "onnxruntime",
             max_batch_size=self.options.max_batch_size,
             inputs=inputs,
             outputs=outputs,
@@ -209,20 +244,24 @@ class _Builder:
         """
         if any(len(t.dims) != 1 for t in outputs):
             raise RepositoryError("ragged token inputs need outputs without a sequence axis")
-        pads = {INPUT_IDS: int(self.report["pad_token_id"]), ATTENTION_MASK: 0}
+        pads = {INPUT_IDS: self.report.pad_token_id, ATTENTION_MASK: 0}
         missing = set(pads) - {t.name for t in inputs}
         if missing:
             raise RepositoryError(f"text encoder lacks inputs {sorted(missing)}")
         return tuple(dataclasses.replace(t, ragged=t.name in pads) for t in inputs), pads
 
+    def tokenizer_params(self) -> TokenizerParams:
+        return TokenizerParams(
+            logit_scale=self.family.logit_scale,
+            max_length=self.report.max_text_length,
+            pad_token_id=self.report.pad_token_id,
+        )
+
     def tokenizer(self, text_encoder: ModelConfig) -> ModelConfig:
         contract = self.models.tokenizer
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
-        src = self.options.export_dir / self.report["tokenizer"]
-        if not (src / "tokenizer.json").is_file():
-            raise RepositoryError(f"{src}/tokenizer.json is missing: a fast tokenizer is needed")
-        shutil.copytree(src, version_dir / "tokenizer")
-        self.python_model("tokenizer_model", version_dir)
+        folder = self.model_folder(contract.name)
+        self.copy_tokenizer(folder)
+        self.python_model(folder, "tokenizer_model")
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -231,20 +270,14 @@ class _Builder:
             outputs=tuple(dataclasses.replace(t, ragged=False) for t in text_encoder.inputs),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            parameters={
-                "max_length": str(self.report["max_text_length"]),
-                "pad_token_id": str(self.report["pad_token_id"]),
-            },
+            parameters=self.tokenizer_params().to_config(),
         )
 
     def image_preprocessor(self, image_encoder: ModelConfig) -> ModelConfig:
         contract = self.models.image_preprocessor
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
-        src = self.options.export_dir / self.report["preprocessor"] / "preprocessor_config.json"
-        if not src.is_file():
-            raise RepositoryError(f"{src} is missing")
-        shutil.copy2(src, version_dir / src.name)
-        self.python_model("image_preprocessor_model", version_dir)
+        folder = self.model_folder(contract.name)
+        self.copy_preprocessor(folder)
+        self.python_model(folder, "image_preprocessor_model")
         pixel_values = next(t for t in image_encoder.inputs if t.name == PIXEL_VALUES)
         return ModelConfig(
             name=contract.name,
@@ -254,13 +287,14 @@ class _Builder:
             outputs=(pixel_values,),
             batching=self.batching,
             instances=self.options.preprocess_instances,
+            parameters=ImageParams(logit_scale=self.family.logit_scale).to_config(),
         )
 
     def ensemble(
         self, contract: ModelContract, first: ModelConfig, second: ModelConfig
     ) -> ModelConfig:
         """raw input -> first (pre-processing) -> second (encoder) -> output."""
-        (self.options.out / contract.name / "1").mkdir(parents=True, exist_ok=True)
+        self.model_folder(contract.name)  # an ensemble's version folder stays empty
         middle = {t.name: t.name for t in first.outputs}
         wanted = set(contract.output_names())
         outputs = tuple(t for t in second.outputs if t.name in wanted)
@@ -269,7 +303,7 @@ class _Builder:
             max_batch_size=self.options.max_batch_size,
             inputs=first.inputs,
             outputs=outputs,
-            parameters=self.parameters,
+            parameters=self.family.to_config(),
             steps=(
                 EnsembleStep(
                     model=first.name,
@@ -288,15 +322,12 @@ class _Builder:
         """``<family>_text`` of the python runtime: tokenizer and graph in one model (one
         Python-backend hop fewer than the ensemble), same inputs, outputs and parameters."""
         contract = self.models.text
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
-        shutil.copytree(
-            self.options.export_dir / self.report["tokenizer"], version_dir / "tokenizer"
-        )
-        _link_or_copy(
-            self.options.export_dir / "text_encoder" / GRAPH_FILE, version_dir / GRAPH_FILE
-        )
-        self.python_model("text_model", version_dir)
+        folder = self.model_folder(contract.name)
+        self.copy_tokenizer(folder)
+        _link_or_copy(self.graph("text_encoder"), folder.graph())
+        self.python_model(folder, "text_model")
         wanted = set(contract.output_names())
+        params = TextParams(**dataclasses.asdict(self.tokenizer_params()))
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -306,17 +337,23 @@ class _Builder:
             batching=self.batching,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
-            parameters=dict(self.parameters) | dict(tokenizer.parameters),
+            parameters=params.to_config(),
         )
 
     def segment(self) -> ModelConfig:
         """GroupViT's segmentation model: BLS over the image encoder and the raw text model."""
         contract = self.models.segment
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
-        src = self.options.export_dir / self.report["preprocessor"] / "preprocessor_config.json"
-        shutil.copy2(src, version_dir / src.name)
-        self.python_model("segment_model", version_dir)
+        folder = self.model_folder(contract.name)
+        self.copy_preprocessor(folder)
+        self.python_model(folder, "segment_model")
         dims = {LABEL_MAP: (-1, -1), SCORES: (-1,), FRACTIONS: (-1,)}
+        params = SegmentParams(
+            logit_scale=self.family.logit_scale,
+            text_model=self.models.text.name,
+            image_model=self.models.image_encoder.name,
+            encoder_max_batch_size=self.options.max_batch_size,
+            max_labels=self.options.max_labels,
+        )
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -331,13 +368,7 @@ class _Builder:
             ),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            parameters=self.parameters
-            | {
-                "text_model": self.models.text.name,
-                "image_model": self.models.image_encoder.name,
-                "encoder_max_batch_size": str(self.options.max_batch_size),
-                "max_labels": str(self.options.max_labels),
-            },
+            parameters=params.to_config(),
         )
 
     def build(self) -> list[ModelConfig]:
@@ -347,7 +378,7 @@ class _Builder:
         preprocessor = self.image_preprocessor(image_encoder)
         text = (
             self.text_model(tokenizer, text_encoder)
-            if self.options.runtime is Runtime.PYTHON
+            if self.python
             else self.ensemble(self.models.text, tokenizer, text_encoder)
         )
         configs = [
@@ -363,85 +394,68 @@ class _Builder:
         return configs
 
 
-class _BlipBuilder:
+class _BlipBuilder(_Renderer):
     """Renders one BLIP export (captioning, ITM or VQA) into a repository."""
 
-    def __init__(self, options: RepositoryOptions, report: dict[str, Any]) -> None:
-        self.options = options
-        self.report = report
-        self.models = blip_models(report["kind"])
+    def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
+        super().__init__(options, report)
+        self.kind = str(report.required("kind"))
+        self.models = blip_models(self.kind)
 
     def graph_model(self, graph: str) -> ModelConfig:
         """A tensor-level model serving one graph (decoder graphs unbatched: their cache
         tensors carry the batch themselves)."""
-        src = self.options.export_dir / graph / GRAPH_FILE
-        if not src.is_file():
-            raise RepositoryError(f"{src} is missing: export the checkpoint first")
+        src = self.graph(graph)
         inputs, outputs = graph_io(src)
         batched = not graph.startswith("decoder")
         name = self.models.graph(graph)
-        version_dir = _fresh_model_dir(self.options.out, name)
-        _link_or_copy(src, version_dir / GRAPH_FILE)
-        python = self.options.runtime is Runtime.PYTHON
-        if python:
-            (version_dir / "model.py").write_text(
-                SHIM.format(module=f"{RUNTIME_MODULE}.onnx_model")
-            )
+        folder = self.model_folder(name)
+        _link_or_copy(src, folder.graph())
+        if self.python:
+            self.python_model(folder, "onnx_model")
         return ModelConfig(
             name=name,
-            backend="python" if python else "onnxruntime",
+            backend="python" if self.python else "onnxruntime",
             max_batch_size=self.options.max_batch_size if batched else 0,
             inputs=tensor_configs(inputs, batched=batched),
             outputs=tensor_configs(outputs, batched=batched),
-            batching=Batching(max_queue_delay_us=self.options.max_queue_delay_us)
-            if batched
-            else None,
+            batching=self.batching if batched else None,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
+            parameters=GraphParams().to_config() if self.python else {},
         )
 
     def raw_model(self) -> ModelConfig:
         contract = self.models.raw
-        version_dir = _fresh_model_dir(self.options.out, contract.name)
+        folder = self.model_folder(contract.name)
         for graph in self.models.graphs:
-            _link_or_copy(
-                self.options.export_dir / graph / GRAPH_FILE, version_dir / f"{graph}.onnx"
-            )
-        shutil.copytree(
-            self.options.export_dir / self.report["tokenizer"], version_dir / "tokenizer"
+            _link_or_copy(self.graph(graph), folder.graph(graph))
+        self.copy_tokenizer(folder)
+        self.copy_preprocessor(folder)
+        generation = self.kind != "itm"
+        self.python_model(folder, "blip_generate_model" if generation else "blip_itm_model")
+        params = (BlipGenerateParams if generation else BlipParams)(
+            kind=self.kind,
+            bos_token_id=int(self.report.required("bos_token_id")),
+            sep_token_id=int(self.report.required("sep_token_id")),
+            max_text_length=self.report.max_text_length,
         )
-        src = self.options.export_dir / self.report["preprocessor"] / "preprocessor_config.json"
-        shutil.copy2(src, version_dir / src.name)
-        generation = self.report["kind"] != "itm"
-        module = "blip_generate_model" if generation else "blip_itm_model"
-        (version_dir / "model.py").write_text(SHIM.format(module=f"{RUNTIME_MODULE}.{module}"))
-        dims = {t.name: (1,) for t in contract.inputs}
-        parameters = {
-            "kind": self.report["kind"],
-            "bos_token_id": str(self.report["bos_token_id"]),
-            "sep_token_id": str(self.report["sep_token_id"]),
-            "max_text_length": str(self.report["max_text_length"]),
-        }
-        required = {IMAGE, QUESTION} if self.report["kind"] == "vqa" else {IMAGE}
+        required = {IMAGE, QUESTION} if self.kind == "vqa" else {IMAGE}
         optional = {t.name for t in contract.inputs} - required if generation else set()
         return ModelConfig(
             name=contract.name,
             backend="python",
             max_batch_size=0 if generation else self.options.max_batch_size,
             inputs=tuple(
-                TensorConfig(
-                    name=t.name, dtype=t.dtype, dims=dims[t.name], optional=t.name in optional
-                )
+                TensorConfig(name=t.name, dtype=t.dtype, dims=(1,), optional=t.name in optional)
                 for t in contract.inputs
             ),
             outputs=tuple(
                 TensorConfig(name=t.name, dtype=t.dtype, dims=(1,)) for t in contract.outputs
             ),
-            batching=None
-            if generation
-            else Batching(max_queue_delay_us=self.options.max_queue_delay_us),
+            batching=None if generation else self.batching,
             instances=1,
-            parameters=parameters,
+            parameters=params.to_config(),
             decoupled=generation,
         )
 
@@ -455,13 +469,11 @@ def build_repository(options: RepositoryOptions) -> list[str]:
     Returns:
         The names of the models written.
     """
-    report = read_report(options.export_dir)
+    report = ExportReport.read(options.export_dir)
     options.out.mkdir(parents=True, exist_ok=True)
-    if report["family"] == Family.BLIP.value:
-        configs = _BlipBuilder(options, report).build()
-    else:
-        configs = _Builder(options, report).build()
+    builder = (_BlipBuilder if report.family == Family.BLIP.value else _Builder)(options, report)
+    configs = builder.build()
     for config in configs:
         write_config(config, options.out)
-    logger.info("repository for %s written to %s", report["family"], options.out)
+    logger.info("repository for %s written to %s", report.family, options.out)
     return [c.name for c in configs]

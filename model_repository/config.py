@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -16,18 +16,17 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from vlpserve.dtypes import from_config, from_numpy
 from vlpserve.errors import ConfigError, RepositoryError
+from vlpserve.layout import CONFIG_FILE
 
-CONFIG_FILE = "config.pbtxt"
 
-
-class Runtime(str, Enum):
+class Runtime(StrEnum):
     """How the graphs run inside Triton."""
 
     PYTHON = "python"  # ONNX Runtime inside Triton's Python backend (the embedded server)
     ONNXRUNTIME = "onnxruntime"  # Triton's native ONNX Runtime backend (NGC container)
 
 
-class Device(str, Enum):
+class Device(StrEnum):
     """Where model instances run."""
 
     CPU = "cpu"

@@ -17,8 +17,9 @@ from vlpserve.contract import (
     embedding_models,
 )
 from vlpserve.errors import RepositoryError
-from vlpserve.export.common import GRAPH_FILE, graph_io
-from vlpserve.model_repository.config import CONFIG_FILE, numpy_dtype, read_config
+from vlpserve.export.common import graph_io
+from vlpserve.layout import CONFIG_FILE, ModelFolder
+from vlpserve.model_repository.config import numpy_dtype, read_config
 
 
 @dataclass
@@ -49,8 +50,8 @@ def _check_contract(config: pb.ModelConfig, contract: ModelContract, problems: l
             problems.append(f"{config.name}: {kind}s {got} differ from the contract's {want}")
 
 
-def _check_graph(config: pb.ModelConfig, folder: Path, problems: list[str]) -> None:
-    graph = folder / "1" / GRAPH_FILE
+def _check_graph(config: pb.ModelConfig, folder: ModelFolder, problems: list[str]) -> None:
+    graph = folder.graph()
     if not graph.is_file():
         problems.append(f"{config.name}: {graph} is missing")
         return
@@ -100,7 +101,7 @@ def validate_repository(repo: Path | str) -> ValidationReport:
             elif name == blip.raw.name:
                 _check_contract(configs[name], blip.raw, report.problems)
             else:
-                _check_graph(configs[name], repo / name, report.problems)
+                _check_graph(configs[name], ModelFolder.of(repo, name), report.problems)
     for family in DUAL_ENCODERS:
         contracts = embedding_models(family).all()
         present = [c for c in contracts if c.name in configs]
@@ -116,7 +117,7 @@ def validate_repository(repo: Path | str) -> ValidationReport:
             config = configs[contract.name]
             _check_contract(config, contract, report.problems)
             if contract.name in graphs:  # both runtimes keep the graph as <model>/1/model.onnx
-                _check_graph(config, repo / contract.name, report.problems)
+                _check_graph(config, ModelFolder.of(repo, contract.name), report.problems)
     for config in configs.values():
         for step in config.ensemble_scheduling.step:
             target = configs.get(step.model_name)

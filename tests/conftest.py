@@ -11,12 +11,8 @@ import pytest
 
 from vlpserve.export import ExportOptions, export_blip, export_clip, export_groupvit
 from vlpserve.export.checkpoints import build_blip, build_clip, build_groupvit
-from vlpserve.model_repository import (
-    RepositoryOptions,
-    Runtime,
-    TritonServer,
-    build_repository,
-)
+from vlpserve.model_repository import RepositoryOptions, Runtime, build_repository
+from vlpserve.serve import TritonServer
 
 # Small enough that splitting is exercised with a handful of items; long enough a queue delay
 # that requests sent together are batched together (the tests check that they were).

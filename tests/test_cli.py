@@ -72,14 +72,14 @@ def test_prepared_repository_holds_only_the_requested_checkpoints(
     clip_export: Path, groupvit_export: Path, tmp_path: Path
 ) -> None:
     """A second bench/demo deployment into the same workdir serves only what it asks for."""
-    from vlpserve.demo import prepare_repository
-    from vlpserve.export.common import read_report
+    from vlpserve.export.report import ExportReport
+    from vlpserve.model_repository.prepare import prepare_repository
 
     def prepared(name: str, source: Path) -> set[str]:
         # the export is current, so it is reused; only the repository is rebuilt
         export = tmp_path / f"export-{name}"
         shutil.copytree(source, export)
-        checkpoint = read_report(export)["source"]
+        checkpoint = ExportReport.read(export).source
         repo, deployed = prepare_repository(tmp_path, (name,), models={name: checkpoint})
         assert deployed[name][1] == export
         return {p.name for p in repo.iterdir()}

@@ -10,52 +10,19 @@ import logging
 import signal
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from vlpserve import __version__
-from vlpserve.benchmarks.suite import ALL_SCENARIOS
 from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
 EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
 
 
-class _Progress:
-    """Shows long steps: a live tqdm line on a terminal, one line per step otherwise."""
-
-    def __init__(self, description: str) -> None:
-        self.description = description
-        self.started = time.monotonic()
-        self.bar: Any = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=description, bar_format="{desc} [{elapsed}]", file=sys.stderr)
-
-    def step(self, message: str) -> None:
-        if self.bar is not None:
-            self.bar.set_description_str(f"{self.description}: {message}")
-            self.bar.update()
-        else:
-            elapsed = time.monotonic() - self.started
-            print(f"{self.description}: {message} [{elapsed:5.1f} s]", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def _progress(description: str) -> tuple[_Progress, Any]:
-    """A step display and the callback that advances it."""
-    progress = _Progress(description)
-    return progress, progress.step
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from vlpserve.export import ExportOptions, export
+    from vlpserve.progress import progress
 
     options = ExportOptions(
         model=args.model,
@@ -66,17 +33,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         keep_plain=args.keep_plain,
         ids_dtype=args.ids_dtype,
     )
-    bar, step = _progress(f"export {args.family}")
-    try:
+    with progress(f"export {args.family}") as step:
         report = export(args.family, options, step)
-    finally:
-        bar.close()
-    for name, graph in report["graphs"].items():
-        worst = min(p["cosine_min"] for p in graph.parity.values())
-        diff = max(p["max_abs_diff"] for p in graph.parity.values())
+    for name, graph in report.graphs.items():
         print(
             f"{name}: {graph.path} ({graph.size_bytes / 1e6:.1f} MB), "
-            f"parity min cosine {worst:.6f}, max abs diff {diff:.2e}, fusions {graph.fusions}"
+            f"parity min cosine {graph.worst_cosine:.6f}, "
+            f"max abs diff {graph.worst_abs_diff:.2e}, fusions {graph.fusions}"
         )
     print(f"report: {Path(args.out) / 'export_report.json'}")
     return 0
@@ -111,7 +74,7 @@ def cmd_repo_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vlpserve.model_repository import TritonServer
+    from vlpserve.serve import TritonServer
 
     server = TritonServer(
         args.repo,
@@ -139,6 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vlpserve.benchmarks import BenchOptions, run_bench
+    from vlpserve.progress import progress
 
     options = BenchOptions(
         scenarios=tuple(args.scenarios.split(",")),
@@ -157,11 +121,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precision=args.precision,
         command="vlpserve " + " ".join(sys.argv[1:]),
     )
-    progress = _Progress("bench")
-    try:
-        report = run_bench(options, progress.step)
-    finally:
-        progress.close()
+    with progress("bench") as step:
+        report = run_bench(options, step)
     print(Path(report["files"]["markdown"]).read_text())
     print(f"report: {report['files']['json']}")
     return 0
@@ -232,7 +193,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--scenarios",
         default="clip_text,clip_image",
-        help="comma-separated, from: " + ", ".join(ALL_SCENARIOS),
+        help="comma-separated scenario names (README, Benchmarks); an unknown one lists them",
     )
     bench.add_argument("--concurrency", default="1,2,4,8,16,32,64")
     bench.add_argument("--rate", type=float, default=None, help="open loop: requests/s")

@@ -14,10 +14,10 @@ Every family has two levels:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class Family(str, Enum):
+class Family(StrEnum):
     """Model families vlpserve exports and serves."""
 
     CLIP = "clip"
@@ -51,7 +51,7 @@ ITM_LOGITS = "itm_logits"
 QUESTION_EMBEDS = "question_embeds"
 
 
-class BlipKind(str, Enum):
+class BlipKind(StrEnum):
     """The three BLIP checkpoint kinds."""
 
     CAPTION = "caption"
@@ -72,8 +72,6 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 
 # Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
 PARAM_LOGIT_SCALE = "logit_scale"
-# JSON {input name: pad value}: inputs the model pads to the longest of a batch (ragged).
-PARAM_PAD_VALUES = "pad_values"
 
 
 @dataclass(frozen=True)

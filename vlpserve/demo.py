@@ -9,120 +9,16 @@ answers are then meaningless, the costs are the real ones.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from vlpserve.contract import Family
-from vlpserve.export.checkpoints import (
-    BLIP_BASE_HUB_IDS,
-    CLIP_BASE_HUB_ID,
-    GROUPVIT_BASE_HUB_ID,
-    Size,
-    build_blip,
-    build_clip,
-    build_groupvit,
-)
-from vlpserve.export.common import REPORT_FILE, ExportOptions, Precision, read_report
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
 
-# The checkpoints the demo and the benchmarks deploy: name -> (family, hub id, seeded builder).
-CHECKPOINTS: dict[str, tuple[Family, str, Callable[..., Path]]] = {
-    "clip": (Family.CLIP, CLIP_BASE_HUB_ID, build_clip),
-    "groupvit": (Family.GROUPVIT, GROUPVIT_BASE_HUB_ID, build_groupvit),
-    **{
-        f"blip-{kind}": (
-            Family.BLIP,
-            BLIP_BASE_HUB_IDS[kind],
-            lambda out, kind=kind, **kw: build_blip(out, kind=kind, **kw),
-        )
-        for kind in ("caption", "itm", "vqa")
-    },
-}
 DEMO_CHECKPOINTS = ("clip", "groupvit", "blip-caption", "blip-vqa")
 SEGMENT_LABELS = ["cat", "grass", "wall", "sky"]
-
-
-def hub_reachable(repo_id: str, timeout_s: float = 5.0) -> bool:
-    """Whether the Hugging Face hub answers for ``repo_id`` right now."""
-    try:
-        from huggingface_hub import model_info
-
-        model_info(repo_id, timeout=timeout_s)
-    except Exception:  # offline, DNS failure, gated repo: all mean "not usable here"
-        return False
-    return True
-
-
-def _checkpoint(
-    workdir: Path, hub_id: str, builder: Callable[..., Path], size: Size = Size.BASE
-) -> str:
-    if size is Size.BASE and hub_reachable(hub_id):
-        print(f"using {hub_id} from the Hugging Face hub")
-        return hub_id
-    folder = workdir / f"{hub_id.split('/')[-1]}-seeded-{size.value}"
-    if size is Size.BASE:
-        print(
-            f"the Hugging Face hub is out of reach: using the {hub_id} architecture with "
-            "SEEDED RANDOM WEIGHTS (costs are real, labels and scores are meaningless)"
-        )
-    if not (folder / "config.json").is_file():
-        builder(folder, size=size, seed=0)
-    return str(folder)
-
-
-def prepare_repository(
-    workdir: Path,
-    names: tuple[str, ...],
-    *,
-    size: Size = Size.BASE,
-    models: dict[str, str] | None = None,
-    device: str = "cpu",
-    precision: Precision = Precision.FP32,
-) -> tuple[Path, dict[str, tuple[str, Path]]]:
-    """Checkpoints (hub or seeded), exports at ``precision`` (reused when current) and one
-    repository.
-
-    Returns:
-        The repository and, per checkpoint name, its source and export folder.
-    """
-    from vlpserve.model_repository import RepositoryOptions, build_repository
-
-    workdir.mkdir(parents=True, exist_ok=True)
-    repo = workdir / "model_repository"
-    # An output folder: built afresh, so the server loads only these checkpoints (models of
-    # an earlier run would take memory and load time, and be served unasked).
-    if repo.exists():
-        shutil.rmtree(repo)
-    deployed = {}
-    for name in names:
-        family, hub_id, builder = CHECKPOINTS[name]
-        source = (models or {}).get(name) or _checkpoint(workdir, hub_id, builder, size)
-        export_dir = _export(workdir, family, name, source, Precision(precision))
-        build_repository(RepositoryOptions(export_dir=export_dir, out=repo, device=device))
-        deployed[name] = (source, export_dir)
-    return repo, deployed
-
-
-def _export(workdir: Path, family: Family, name: str, source: str, precision: Precision) -> Path:
-    from vlpserve.cli import _progress
-    from vlpserve.export import export
-
-    suffix = "" if precision is Precision.FP32 else f"-{precision.value}"
-    export_dir = workdir / f"export-{name}{suffix}"
-    if (export_dir / REPORT_FILE).is_file():
-        report = read_report(export_dir)
-        if report["source"] == source and report["precision"] == precision.value:
-            print(f"reusing the export in {export_dir}")
-            return export_dir
-    bar, step = _progress(f"export {family.value} ({precision.value})")
-    try:
-        export(family, ExportOptions(model=source, out=export_dir, precision=precision), step)
-    finally:
-        bar.close()
-    return export_dir
 
 
 def _median_ms(fn: Callable[[], object], repeats: int = 10) -> float:
@@ -142,7 +38,9 @@ def run_demo(workdir: Path, *, models: dict[str, str] | None = None) -> None:
             ``blip-vqa``) to use instead of the defaults.
     """
     from vlpserve.client import Client
-    from vlpserve.model_repository import TritonServer, validate_repository
+    from vlpserve.model_repository import validate_repository
+    from vlpserve.model_repository.prepare import prepare_repository
+    from vlpserve.serve import TritonServer
 
     repo, _ = prepare_repository(workdir, DEMO_CHECKPOINTS, models=models)
     report = validate_repository(repo)

@@ -9,8 +9,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
-from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.images import ImagePreprocessing
 from vlpserve.model_repository.runtime.text import decode_texts
 
 
@@ -60,8 +60,8 @@ def match_scores(
 class BlipText:
     """BLIP's BERT WordPiece tokenizer (tokenizer.json), for prompts, questions and output."""
 
-    def __init__(self, folder: Path) -> None:
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    def __init__(self, tokenizer_file: Path) -> None:
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self.tokenizer.no_padding()
         self.tokenizer.no_truncation()
 
@@ -84,10 +84,9 @@ class BlipText:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def load_images(folder: Path) -> ImagePreprocessing:
-    return ImagePreprocessing.from_file(
-        folder / "preprocessor_config.json", min_side=MIN_IMAGE_SIDE
-    )
+def load_images(preprocessor_file: Path) -> ImagePreprocessing:
+    """BLIP's image pre-processing (384 px resize, normalisation) from its config file."""
+    return ImagePreprocessing.from_file(preprocessor_file)
 
 
 def one_text(array: np.ndarray | None, name: str, default: str | None = None) -> str | None:
@@ -95,16 +94,16 @@ def one_text(array: np.ndarray | None, name: str, default: str | None = None) ->
     if array is None or array.size == 0:
         return default
     if array.size != 1:
-        raise ValueError(f"{name}: send one text per request, got {array.size}")
+        raise InvalidRequest(f"{name}: send one text per request, got {array.size}")
     try:
         return decode_texts(array.reshape(-1).tolist())[0]
     except InputItemError as exc:
-        raise ValueError(f"{name} {exc}") from exc
+        raise named(name, exc) from exc
 
 
 def one_number(array: np.ndarray | None, name: str, default: float) -> float:
     if array is None or array.size == 0:
         return default
     if array.size != 1:
-        raise ValueError(f"{name}: send one value, got {array.size}")
+        raise InvalidRequest(f"{name}: send one value, got {array.size}")
     return float(array.reshape(-1)[0])

@@ -37,24 +37,19 @@ from vlpserve.model_repository.runtime.blip_common import (
     one_text,
     question_states,
 )
-from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
 from vlpserve.model_repository.runtime.generation import (
     DecoderGraphs,
     Engine,
     GenerationParams,
     Job,
 )
-from vlpserve.model_repository.runtime.sessions import ort_session
-from vlpserve.model_repository.runtime.triton import ModelArgs, PhaseMetrics
+from vlpserve.model_repository.runtime.params import BlipGenerateParams
+from vlpserve.model_repository.runtime.triton import ModelArgs, PhaseMetrics, optional_array
 
 logger = logging.getLogger(__name__)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
-
-
-def _optional(request: Any, name: str) -> np.ndarray | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else np.asarray(tensor.as_numpy())
 
 
 def _text_response(text: str) -> Any:
@@ -123,39 +118,32 @@ class TritonPythonModel:
 
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
-        folder = model.version_dir
-        self.kind = model.parameter("kind")
-        self.bos = int(model.parameter("bos_token_id"))
-        self.max_length = int(model.parameter("max_text_length"))
-        self.text = BlipText(folder / "tokenizer")
-        self.images = load_images(folder)
-        # The vision encoder (admission threads) and the decoder (engine thread) run at the
-        # same time in this process, each with its own intra-op pool: spinning threads of one
-        # would take the cores the other works on, so they do not spin by default.
-        spin = model.parameter("intra_op_spinning", "0") == "1"
-        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu, spin=spin)
+        self.name = model.name
+        folder = model.folder
+        params = model.params(BlipGenerateParams)
+        self.kind = params.kind
+        self.bos = params.bos_token_id
+        self.max_length = params.max_text_length
+        self.text = BlipText(folder.tokenizer_file)
+        self.images = load_images(folder.preprocessor_file)
+        self.vision = model.session(folder.graph("vision_encoder"), params)
         self.question_encoder = (
-            ort_session(folder / "question_encoder.onnx", on_gpu=model.on_gpu, spin=spin)
-            if self.kind == "vqa"
-            else None
+            model.session(folder.graph("question_encoder"), params) if self.kind == "vqa" else None
         )
         graphs = DecoderGraphs(
-            folder / "decoder_first.onnx",
-            folder / "decoder_step.onnx",
-            on_gpu=model.on_gpu,
-            spin=spin,
+            model.session(folder.graph("decoder_first"), params),
+            model.session(folder.graph("decoder_step"), params),
         )
         # encode: vision (and question) encoders per request; first / step: decoder calls.
         self.metrics = PhaseMetrics(model.name, ("encode", "first", "step"))
         self.engine = Engine(
             graphs,
-            eos=int(model.parameter("sep_token_id")),
-            max_rows=int(model.parameter("max_batch_rows", "64")),
+            eos=params.sep_token_id,
+            max_rows=params.max_batch_rows,
             observe=self.metrics.observe,
         )
         self.pool = ThreadPoolExecutor(
-            max_workers=int(model.parameter("admission_threads", "2")),
-            thread_name_prefix="admit",
+            max_workers=params.admission_threads, thread_name_prefix="admit"
         )
 
     def execute(self, requests: list[Any]) -> None:
@@ -167,47 +155,52 @@ class TritonPythonModel:
         try:
             return GenerationParams(
                 max_new_tokens=int(
-                    one_number(_optional(request, MAX_NEW_TOKENS), MAX_NEW_TOKENS, 30)
+                    one_number(optional_array(request, MAX_NEW_TOKENS), MAX_NEW_TOKENS, 30)
                 ),
-                num_beams=int(one_number(_optional(request, NUM_BEAMS), NUM_BEAMS, 1)),
+                num_beams=int(one_number(optional_array(request, NUM_BEAMS), NUM_BEAMS, 1)),
                 repetition_penalty=one_number(
-                    _optional(request, REPETITION_PENALTY), REPETITION_PENALTY, 1.0
+                    optional_array(request, REPETITION_PENALTY), REPETITION_PENALTY, 1.0
                 ),
             )
-        except ValueError as exc:
+        except ValueError as exc:  # GenerationParams' range checks
             message = str(exc)
             for name in (MAX_NEW_TOKENS, NUM_BEAMS, REPETITION_PENALTY):
                 message = message.replace(name.lower(), name)
-            raise ValueError(message) from exc
+            raise InvalidRequest(message) from exc
+
+    def _prompt(self, request: Any, params: GenerationParams) -> tuple[list[int], list[int]]:
+        """The decoder's prompt ids, and the question's ids (VQA; empty for captions)."""
+        if self.kind == "caption":
+            prompt = one_text(optional_array(request, PROMPT), PROMPT)
+            ids = self.text.encode(prompt) if prompt else [self.bos, 0]
+            ids = [self.bos, *ids[1:-1]]  # [DEC] replaces [CLS]; the prompt's [SEP] goes
+            what, length, question_ids = PROMPT, len(ids), []
+        else:
+            question = one_text(optional_array(request, QUESTION), QUESTION)
+            if not question:
+                raise InvalidRequest(f"{QUESTION} is missing or empty")
+            question_ids = self.text.encode(question)
+            ids, what, length = [self.bos], QUESTION, len(question_ids)
+        if length + params.max_new_tokens > self.max_length:
+            raise InvalidRequest(
+                f"{what} is {length} tokens: with {MAX_NEW_TOKENS} "
+                f"{params.max_new_tokens} it exceeds the model's {self.max_length} positions"
+            )
+        return ids, question_ids
 
     def _admit(self, request: Any) -> None:
-        stream = bool(one_number(_optional(request, STREAM), STREAM, 0.0))
-        reply = _Reply(request, self.text, stream)
+        reply = _Reply(request, self.text, stream=False)
         try:
+            reply.stream = bool(one_number(optional_array(request, STREAM), STREAM, 0.0))
             params = self._params(request)
-            images = _optional(request, IMAGE)
+            images = optional_array(request, IMAGE)
             if images is None or images.size != 1:
-                raise ValueError(f"{IMAGE}: send one image per request")
+                raise InvalidRequest(f"{IMAGE}: send one image per request")
             try:
                 image = self.images.decode(bytes(images.reshape(-1)[0]), 0)
             except InputItemError as exc:
-                raise ValueError(f"{IMAGE} {exc}") from exc
-            if self.kind == "caption":
-                prompt = one_text(_optional(request, PROMPT), PROMPT)
-                ids = self.text.encode(prompt) if prompt else [self.bos, 0]
-                ids = [self.bos, *ids[1:-1]]  # [DEC] replaces [CLS]; the prompt's [SEP] goes
-                what, length = PROMPT, len(ids)
-            else:
-                question = one_text(_optional(request, QUESTION), QUESTION)
-                if not question:
-                    raise ValueError(f"{QUESTION} is missing or empty")
-                question_ids = self.text.encode(question)
-                ids, what, length = [self.bos], QUESTION, len(question_ids)
-            if length + params.max_new_tokens > self.max_length:
-                raise ValueError(
-                    f"{what} is {length} tokens: with {MAX_NEW_TOKENS} "
-                    f"{params.max_new_tokens} it exceeds the model's {self.max_length} positions"
-                )
+                raise named(IMAGE, exc) from exc
+            ids, question_ids = self._prompt(request, params)
             started = time.perf_counter()
             pixels = self.images(image)[None]
             (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
@@ -215,12 +208,13 @@ class TritonPythonModel:
             if self.question_encoder is not None:
                 states = question_states(self.question_encoder, question_ids, embeds)
             self.metrics.observe("encode", time.perf_counter() - started, 1)
-        except ValueError as exc:
+        except InvalidRequest as exc:
             reply.invalid(str(exc))
             return
-        except Exception as exc:
-            logger.exception("admission failed")
-            reply.done(None, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # unexpected: the log has the traceback, the caller an id
+            request_id = request.request_id() or "-"
+            logger.exception("%s: admission of request %s failed", self.name, request_id)
+            reply.done(None, f"internal error ({type(exc).__name__}); see the server log")
             return
         reply.ids = list(ids)
         self.engine.submit(

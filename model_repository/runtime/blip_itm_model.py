@@ -6,99 +6,51 @@ ITC_SCORE the cosine of the projected image and text features (``use_itm_head=Fa
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import (
-    IMAGE,
-    ITC_SCORE,
-    ITM_SCORE,
-    TEXT,
-)
-from vlpserve.model_repository.runtime.blip_common import (
-    BlipText,
-    load_images,
-    match_scores,
-)
-from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.sessions import ort_session
-from vlpserve.model_repository.runtime.text import decode_texts
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    internal_error,
-    invalid_argument,
-    response,
-)
+from vlpserve.contract import IMAGE, ITC_SCORE, ITM_SCORE, TEXT
+from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.blip_common import BlipText, load_images, match_scores
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
+from vlpserve.model_repository.runtime.params import BlipParams
+from vlpserve.model_repository.runtime.triton import input_array, input_texts
+
+Pairs = tuple[list[np.ndarray], list[str]]
 
 
-class TritonPythonModel:
+class TritonPythonModel(BatchedModel[Pairs]):
     """Scores every pair of every request of a batch in one pass through each graph."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        folder = model.version_dir
-        self.text = BlipText(folder / "tokenizer")
-        self.images = load_images(folder)
-        self.vision = ort_session(folder / "vision_encoder.onnx", on_gpu=model.on_gpu)
-        self.itm = ort_session(folder / "itm_head.onnx", on_gpu=model.on_gpu)
-        self.text_feat = ort_session(folder / "text_feat.onnx", on_gpu=model.on_gpu)
-        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    def setup(self) -> None:
+        params = self.args.params(BlipParams)
+        folder = self.args.folder
+        self.text = BlipText(folder.tokenizer_file)
+        self.images = load_images(folder.preprocessor_file)
 
-    def _parse(self, request: Any) -> tuple[list[np.ndarray], list[str]]:
+        self.vision, self.itm, self.text_feat = (
+            self.args.session(folder.graph(name), params)
+            for name in ("vision_encoder", "itm_head", "text_feat")
+        )
+        self.parse_pool = decode_pool(0)
+
+    def parse(self, request: Any) -> Pairs:
         images = input_array(request, IMAGE).reshape(-1).tolist()
-        try:
-            texts = decode_texts(input_array(request, TEXT).reshape(-1).tolist())
-        except InputItemError as exc:
-            raise ValueError(f"{TEXT} {exc}") from exc
+        texts = input_texts(request, TEXT)
         if len(images) != len(texts):
-            raise ValueError(f"{IMAGE} and {TEXT} hold {len(images)} and {len(texts)} items")
-        pixels = []
-        for index, item in enumerate(images):
-            try:
-                pixels.append(self.images.preprocess(bytes(item), index))
-            except InputItemError as exc:
-                raise ValueError(f"{IMAGE} {exc}") from exc
+            raise InvalidRequest(f"{IMAGE} and {TEXT} hold {len(images)} and {len(texts)} items")
+        try:
+            pixels = [self.images.preprocess(bytes(item), i) for i, item in enumerate(images)]
+        except InputItemError as exc:
+            raise named(IMAGE, exc) from exc
         return pixels, texts
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        parsed = {}
-        for index, parsed_or_error in enumerate(self.pool.map(self._safe_parse, requests)):
-            if isinstance(parsed_or_error, str):
-                responses[index] = invalid_argument(parsed_or_error)
-            else:
-                parsed[index] = parsed_or_error
-        if not parsed:
-            return responses
-        order = list(parsed)
-        counts = [len(parsed[i][1]) for i in order]
-        try:
-            pixels = np.stack([p for i in order for p in parsed[i][0]])
-            texts = [t for i in order for t in parsed[i][1]]
-            ids, mask = self.text.batch(texts)
-            itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, pixels)
-        except Exception as exc:  # one failing batch fails its requests, not the server
-            for index in order:
-                responses[index] = internal_error(f"scoring failed: {exc}")
-            return responses
-        start = 0
-        for index, count in zip(order, counts, strict=True):
-            end = start + count
-            responses[index] = response(
-                {ITM_SCORE: itm[start:end, None], ITC_SCORE: itc[start:end, None]}
-            )
-            start = end
-        return responses
-
-    def _safe_parse(self, request: Any) -> tuple[list[np.ndarray], list[str]] | str:
-        try:
-            return self._parse(request)
-        except ValueError as exc:
-            return str(exc)
-
-    def finalize(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+    def run(self, items: list[Pairs]) -> Sequence[Outputs | Exception]:
+        pixels = np.stack([p for item_pixels, _ in items for p in item_pixels])
+        ids, mask = self.text.batch([t for _, texts in items for t in texts])
+        itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, pixels)
+        outputs = {ITM_SCORE: itm[:, None], ITC_SCORE: itc[:, None]}
+        return split_rows(outputs, [len(texts) for _, texts in items])

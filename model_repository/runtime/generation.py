@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,7 +28,6 @@ from vlpserve.contract import (
     POSITION_IDS,
     cache_names,
 )
-from vlpserve.model_repository.runtime.sessions import ort_session
 
 logger = logging.getLogger(__name__)
 
@@ -218,19 +217,11 @@ def make_search(prompt: list[int], params: GenerationParams, eos: int) -> Search
 
 
 class DecoderGraphs:
-    """The exported ``decoder_first`` and ``decoder_step`` graphs in ONNX Runtime."""
+    """The exported ``decoder_first`` and ``decoder_step`` graphs: two ONNX Runtime sessions."""
 
-    def __init__(
-        self,
-        first: Path,
-        step: Path,
-        *,
-        on_gpu: bool = False,
-        threads: int = 0,
-        spin: bool = True,
-    ) -> None:
-        self.first = ort_session(first, on_gpu=on_gpu, threads=threads, spin=spin)
-        self.step = ort_session(step, on_gpu=on_gpu, threads=threads, spin=spin)
+    def __init__(self, first: Any, step: Any) -> None:
+        self.first = first
+        self.step = step
         step_inputs = {i.name: i for i in self.step.get_inputs()}
         self.layers = sum(1 for name in step_inputs if name.endswith(".key")) // 2
         self.self_names, self.cross_names = cache_names(self.layers)

@@ -1,70 +1,65 @@
 """Python-backend image pre-processing: IMAGE (encoded JPEG/PNG/WebP bytes) -> pixel_values.
 
-Decoding and resizing run on a thread pool (PIL releases the GIL); one bad image fails only
-its own request, with INVALID_ARGUMENT naming the item.
+Every image of every request is decoded and resized on a thread pool (PIL releases the GIL),
+so batch-1 requests decode in parallel too; one bad image fails only its own request, with
+INVALID_ARGUMENT naming the item.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from vlpserve.contract import IMAGE, PIXEL_VALUES
-from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    invalid_argument,
-    response,
-)
+from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.images import ImagePreprocessing
+from vlpserve.model_repository.runtime.params import ImageParams
+from vlpserve.model_repository.runtime.triton import input_array
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
+Pending = list[Future[np.ndarray]]
 
 
-class TritonPythonModel:
+def decode_pool(threads: int) -> ThreadPoolExecutor:
+    """Threads that decode images: ``threads``, or one per core for 0."""
+    return ThreadPoolExecutor(
+        max_workers=threads or os.cpu_count() or 1, thread_name_prefix="decode"
+    )
+
+
+class TritonPythonModel(BatchedModel[Pending]):
     """Decodes and preprocesses every image of every request in the batch."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
+    def setup(self) -> None:
+        params = self.args.params(ImageParams)
         self.steps = ImagePreprocessing.from_file(
-            model.version_dir / PREPROCESSOR_FILE,
-            min_side=int(model.parameter("min_image_side", str(MIN_IMAGE_SIDE))),
+            self.args.folder.preprocessor_file, min_side=params.min_image_side
         )
-        workers = int(model.parameter("decode_threads", "0")) or (os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.pool = decode_pool(params.decode_threads)
 
-    def _submit(self, request: Any) -> list[Future[np.ndarray]]:
+    def parse(self, request: Any) -> Pending:
+        """Submits the request's images: parsing returns at once, decoding goes on."""
         items = input_array(request, IMAGE).reshape(-1).tolist()
         if not items:
-            raise ValueError("request holds no images")
+            raise InvalidRequest(f"{IMAGE}: the request holds no images")
         return [
             self.pool.submit(self.steps.preprocess, bytes(item), index)
             for index, item in enumerate(items)
         ]
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        # Submit every image of every request first, so that batch-1 requests decode in
-        # parallel too; then collect per request.
-        pending: list[list[Future[np.ndarray]] | Exception] = []
-        for request in requests:
+    def run(self, items: list[Pending]) -> Sequence[Outputs | Exception]:
+        results: list[Outputs | Exception] = []
+        for futures in items:
             try:
-                pending.append(self._submit(request))
-            except ValueError as exc:
-                pending.append(exc)
-        responses = []
-        for futures in pending:
-            try:
-                if isinstance(futures, Exception):
-                    raise futures
                 pixels = np.stack([future.result() for future in futures])
-                responses.append(response({PIXEL_VALUES: pixels}))
-            except (InputItemError, ValueError) as exc:
-                responses.append(invalid_argument(f"{IMAGE} {exc}"))
-        return responses
+                results.append({PIXEL_VALUES: pixels})
+            except InputItemError as exc:
+                results.append(named(IMAGE, exc))
+        return results
 
     def finalize(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -19,8 +19,8 @@ import numpy as np
 from PIL import Image
 
 from vlpserve.model_repository.runtime.errors import InputItemError
+from vlpserve.model_repository.runtime.params import MIN_IMAGE_SIDE
 
-MIN_IMAGE_SIDE = 8  # pixels; a 1x1 or 2x2 "image" is a mistake, not a photo
 MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard
 
 

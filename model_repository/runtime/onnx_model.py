@@ -9,79 +9,57 @@ padded along axis 1 to the longest of the batch, so texts of different lengths s
 
 from __future__ import annotations
 
-import json
-import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import PARAM_PAD_VALUES
-from vlpserve.model_repository.runtime.sessions import ort_session
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    internal_error,
-    invalid_argument,
-    response,
-)
+from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.params import GraphParams
+from vlpserve.model_repository.runtime.triton import input_array
 
-logger = logging.getLogger(__name__)
-
-GRAPH_FILE = "model.onnx"
+Feeds = dict[str, np.ndarray]
 
 
-class TritonPythonModel:
+class TritonPythonModel(BatchedModel[Feeds]):
     """ONNX Runtime session over ``<version>/model.onnx``."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
-        self.session = ort_session(
-            model.version_dir / GRAPH_FILE,
-            on_gpu=model.on_gpu,
-            device_id=model.device_id,
-            threads=int(model.parameter("intra_op_threads", "0")),
-            spin=model.parameter("intra_op_spinning", "1") == "1",
-        )
-        self.inputs = [i["name"] for i in model.config["input"]]
-        self.outputs = [o["name"] for o in model.config["output"]]
-        self.pad_values: dict[str, int] = json.loads(model.parameter(PARAM_PAD_VALUES, "{}"))
+    def setup(self) -> None:
+        params = self.args.params(GraphParams)
+        self.session = self.args.session(self.args.folder.graph(), params)
+        self.inputs = self.args.inputs
+        self.outputs = self.args.outputs
+        self.pad_values = params.pad_values
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        groups: dict[tuple[tuple[int, ...], ...], list[tuple[int, dict[str, np.ndarray]]]] = {}
-        for index, request in enumerate(requests):
-            try:
-                feeds = {name: input_array(request, name) for name in self.inputs}
-            except ValueError as exc:
-                responses[index] = invalid_argument(str(exc))
-                continue
+    def parse(self, request: Any) -> Feeds:
+        return {name: input_array(request, name) for name in self.inputs}
+
+    def run(self, items: list[Feeds]) -> Sequence[Outputs | Exception]:
+        results: list[Outputs | Exception] = [ValueError("not run")] * len(items)
+        groups: dict[tuple[tuple[int, ...], ...], list[int]] = {}
+        for index, feeds in enumerate(items):
             key = tuple(
                 feeds[name].shape[2:] if name in self.pad_values else feeds[name].shape[1:]
                 for name in self.inputs
             )
-            groups.setdefault(key, []).append((index, feeds))
+            groups.setdefault(key, []).append(index)
         for members in groups.values():
-            counts = [len(next(iter(feeds.values()))) for _, feeds in members]
             batch = {
-                name: self._concatenate(name, [feeds[name] for _, feeds in members])
+                name: self._concatenate(name, [items[i][name] for i in members])
                 for name in self.inputs
             }
             try:
-                results = self.session.run(self.outputs, batch)
-            except Exception as exc:  # ORT errors are per batch: answer each request with it
-                logger.exception("inference failed")
-                for index, _ in members:
-                    responses[index] = internal_error(f"inference failed: {exc}")
-                continue
-            offsets = np.cumsum([0, *counts])
-            for (index, _), start, end in zip(members, offsets[:-1], offsets[1:], strict=True):
-                responses[index] = response(
-                    {
-                        name: result[start:end]
-                        for name, result in zip(self.outputs, results, strict=True)
-                    }
+                outputs = dict(
+                    zip(self.outputs, self.session.run(self.outputs, batch), strict=True)
                 )
-        return responses
+            except Exception as exc:  # one failing group fails its requests, not the others
+                for index in members:
+                    results[index] = exc
+                continue
+            counts = [len(next(iter(items[i].values()))) for i in members]
+            for index, part in zip(members, split_rows(outputs, counts), strict=True):
+                results[index] = part
+        return results
 
     def _concatenate(self, name: str, arrays: list[np.ndarray]) -> np.ndarray:
         pad = self.pad_values.get(name)

@@ -10,8 +10,7 @@ its input size (no crop), and the logits are resized back.
 from __future__ import annotations
 
 import dataclasses
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -31,19 +30,15 @@ from vlpserve.contract import (
     TEXT,
     TEXT_EMBEDS,
 )
-from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.images import MIN_IMAGE_SIDE, ImagePreprocessing
-from vlpserve.model_repository.runtime.segmentation import segment
-from vlpserve.model_repository.runtime.text import decode_texts
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    internal_error,
-    invalid_argument,
-    response,
-)
+from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
+from vlpserve.model_repository.runtime.images import ImagePreprocessing
+from vlpserve.model_repository.runtime.params import SegmentParams
+from vlpserve.model_repository.runtime.segmentation import Segment, segment
+from vlpserve.model_repository.runtime.triton import input_array, input_texts
 
-PREPROCESSOR_FILE = "preprocessor_config.json"
+Parsed = tuple[Image.Image, list[str]]
 
 
 def _call(model: str, name: str, array: np.ndarray, outputs: list[str], chunk: int) -> list[Any]:
@@ -63,99 +58,74 @@ def _call(model: str, name: str, array: np.ndarray, outputs: list[str], chunk: i
     return [np.concatenate(part) for part in parts]
 
 
-class TritonPythonModel:
+class TritonPythonModel(BatchedModel[Parsed]):
     """Zero-shot segmentation over the family's image encoder and raw text model."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        model = ModelArgs(args)
+    def setup(self) -> None:
+        self.params = self.args.params(SegmentParams)
         steps = ImagePreprocessing.from_file(
-            model.version_dir / PREPROCESSOR_FILE,
-            min_side=int(model.parameter("min_image_side", str(MIN_IMAGE_SIDE))),
+            self.args.folder.preprocessor_file, min_side=self.params.min_image_side
         )
         # The whole image, resized to the model's input: a label map must cover every pixel.
         self.model_size = steps.output_size
         self.steps = dataclasses.replace(
             steps, resize_shortest_edge=None, resize_to=self.model_size, crop=None
         )
-        self.text_model = model.parameter("text_model")
-        self.image_model = model.parameter("image_model")
-        self.chunk = int(model.parameter("encoder_max_batch_size"))
-        self.logit_scale = float(model.parameter("logit_scale"))
-        self.max_labels = int(model.parameter("max_labels"))
-        workers = int(model.parameter("decode_threads", "0")) or (os.cpu_count() or 1)
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode")
+        self.pool = decode_pool(self.params.decode_threads)
+        self.parse_pool = self.pool  # decode the requests' images in parallel
 
-    def _parse(self, request: Any) -> tuple[Image.Image, list[str]]:
-        """The request's image and labels; ValueError with the message for the caller."""
+    def parse(self, request: Any) -> Parsed:
+        """The request's image (decoded) and labels."""
         images = input_array(request, IMAGE)
         if images.size != 1:
-            raise ValueError(f"{IMAGE}: send one image per request, got {images.size}")
-        try:
-            labels = decode_texts(input_array(request, LABELS).reshape(-1).tolist())
-        except InputItemError as exc:
-            raise ValueError(f"{LABELS} {exc}") from exc
+            raise InvalidRequest(f"{IMAGE}: send one image per request, got {images.size}")
+        labels = input_texts(request, LABELS)
         if not labels:
-            raise ValueError(f"{LABELS} is empty: give at least one label")
-        if len(labels) > self.max_labels:
-            raise ValueError(f"{LABELS} holds {len(labels)} labels, more than {self.max_labels}")
+            raise InvalidRequest(f"{LABELS} is empty: give at least one label")
+        if len(labels) > self.params.max_labels:
+            raise InvalidRequest(
+                f"{LABELS} holds {len(labels)} labels, more than {self.params.max_labels}"
+            )
         try:
             return self.steps.decode(bytes(images.reshape(-1)[0]), 0), labels
         except InputItemError as exc:
-            raise ValueError(f"{IMAGE} {exc}") from exc
+            raise named(IMAGE, exc) from exc
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses: list[Any] = [None] * len(requests)
-        parsed: dict[int, tuple[Image.Image, list[str]]] = {}
-        for index, request in enumerate(requests):
-            try:
-                parsed[index] = self._parse(request)
-            except ValueError as exc:
-                responses[index] = invalid_argument(str(exc))
-        if not parsed:
-            return responses
-        order = list(parsed)
-        try:
-            pixels = np.stack(list(self.pool.map(self.steps, [parsed[i][0] for i in order])))
-            image_embeds, group_embeds, grouping = _call(
-                self.image_model,
-                PIXEL_VALUES,
-                pixels,
-                [IMAGE_EMBEDS, GROUP_EMBEDS, GROUPING],
-                self.chunk,
-            )
-            unique = sorted({label for i in order for label in parsed[i][1]})
-            texts = np.array([label.encode() for label in unique], dtype=object).reshape(-1, 1)
-            (text_embeds,) = _call(self.text_model, TEXT, texts, [TEXT_EMBEDS], self.chunk)
-        except Exception as exc:  # a failing encoder fails every request of this batch
-            for index in order:
-                responses[index] = internal_error(f"segmentation failed: {exc}")
-            return responses
+    def run(self, items: list[Parsed]) -> Sequence[Outputs | Exception]:
+        pool = self.pool
+        pixels = np.stack(list(pool.map(self.steps, [image for image, _ in items])))
+        chunk = self.params.encoder_max_batch_size
+        image_embeds, group_embeds, grouping = _call(
+            self.params.image_model,
+            PIXEL_VALUES,
+            pixels,
+            [IMAGE_EMBEDS, GROUP_EMBEDS, GROUPING],
+            chunk,
+        )
+        unique = sorted({label for _, labels in items for label in labels})
+        texts = np.array([label.encode() for label in unique], dtype=object).reshape(-1, 1)
+        (text_embeds,) = _call(self.params.text_model, TEXT, texts, [TEXT_EMBEDS], chunk)
         row_of = {label: row for row, label in enumerate(unique)}
 
-        def post_process(position: int) -> Any:
-            image, labels = parsed[order[position]]
+        def post_process(position: int) -> Segment:
+            image, labels = items[position]
             return segment(
                 image_embeds=image_embeds[position],
                 group_embeds=group_embeds[position],
                 grouping=grouping[position],
                 text_embeds=text_embeds[[row_of[label] for label in labels]],
-                logit_scale=self.logit_scale,
+                logit_scale=self.params.logit_scale,
                 model_size=self.model_size,
                 image_size=(image.height, image.width),
             )
 
         # On the decode threads: numpy's products and comparisons release the GIL, and the
         # encoders are idle while this instance post-processes.
-        results = self.pool.map(post_process, range(len(order)))
-        for index, result in zip(order, results, strict=True):
-            responses[index] = response(
-                {
-                    LABEL_MAP: result.label_map[None],
-                    SCORES: result.scores[None],
-                    FRACTIONS: result.fractions[None],
-                }
-            )
-        return responses
-
-    def finalize(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        return [
+            {
+                LABEL_MAP: result.label_map[None],
+                SCORES: result.scores[None],
+                FRACTIONS: result.fractions[None],
+            }
+            for result in pool.map(post_process, range(len(items)))
+        ]

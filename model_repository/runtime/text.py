@@ -58,14 +58,3 @@ class TextTokenizer:
             ids[row, : len(encoding.ids)] = encoding.ids
             mask[row, : len(encoding.ids)] = 1
         return ids, mask
-
-    def encode_groups(self, groups: Sequence[Sequence[str]]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Token ids and attention masks (int64) per group, all padded to one length."""
-        ids, mask = self.encode([text for group in groups for text in group])
-        out = []
-        start = 0
-        for group in groups:
-            end = start + len(group)
-            out.append((ids[start:end], mask[start:end]))
-            start = end
-        return out

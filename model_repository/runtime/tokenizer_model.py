@@ -1,55 +1,39 @@
 """Python-backend tokenizer: TEXT (BYTES, UTF-8) -> input_ids, attention_mask (int64).
 
-Parameters (config.pbtxt): ``max_length`` (truncation, with special tokens) and
-``pad_token_id``. The tokenizer files sit in ``<version>/tokenizer/``.
+Parameters (runtime.params.TokenizerParams): truncation length and pad id. The texts of all
+requests of a batch are padded to one length, so the encoder downstream batches them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
-from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.text import TextTokenizer, decode_texts
-from vlpserve.model_repository.runtime.triton import (
-    ModelArgs,
-    input_array,
-    invalid_argument,
-    response,
-)
-
-TOKENIZER_DIR = "tokenizer"
+from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.params import TokenizerParams
+from vlpserve.model_repository.runtime.text import TextTokenizer
+from vlpserve.model_repository.runtime.triton import input_texts
 
 
-class TritonPythonModel:
+class TritonPythonModel(BatchedModel[list[str]]):
     """Tokenizes every request of a batch and pads them all to one length."""
 
-    def initialize(self, args: dict[str, str]) -> None:
-        self.args = ModelArgs(args)
+    def setup(self) -> None:
+        params = self.args.params(TokenizerParams)
         self.tokenizer = TextTokenizer(
-            self.args.version_dir / TOKENIZER_DIR / "tokenizer.json",
-            max_length=int(self.args.parameter("max_length")),
-            pad_id=int(self.args.parameter("pad_token_id")),
+            self.args.folder.tokenizer_file,
+            max_length=params.max_length,
+            pad_id=params.pad_token_id,
         )
 
-    def parse(self, requests: list[Any]) -> tuple[list[Any], list[int], list[list[str]]]:
-        """Error responses for the bad requests (None elsewhere), the indexes of the good
-        ones and their texts."""
-        responses: list[Any] = [None] * len(requests)
-        valid: list[int] = []
-        groups: list[list[str]] = []
-        for index, request in enumerate(requests):
-            try:
-                groups.append(decode_texts(input_array(request, TEXT).reshape(-1).tolist()))
-            except (InputItemError, ValueError) as exc:
-                responses[index] = invalid_argument(f"{TEXT} {exc}")
-                continue
-            valid.append(index)
-        return responses, valid, groups
+    def parse(self, request: Any) -> list[str]:
+        return input_texts(request, TEXT)
 
-    def execute(self, requests: list[Any]) -> list[Any]:
-        responses, valid, groups = self.parse(requests)
-        encoded = self.tokenizer.encode_groups(groups)
-        for index, (ids, mask) in zip(valid, encoded, strict=True):
-            responses[index] = response({INPUT_IDS: ids, ATTENTION_MASK: mask})
-        return responses
+    def tokens(self, items: list[list[str]]) -> Outputs:
+        """Ids and masks of every text of the batch, padded to the longest."""
+        ids, mask = self.tokenizer.encode([text for texts in items for text in texts])
+        return {INPUT_IDS: ids, ATTENTION_MASK: mask}
+
+    def run(self, items: list[list[str]]) -> Sequence[Outputs | Exception]:
+        return split_rows(self.tokens(items), [len(texts) for texts in items])

@@ -6,12 +6,20 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from vlpserve.layout import ModelFolder
+from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.params import ModelParams, SessionParams
+from vlpserve.model_repository.runtime.text import decode_texts
+from vlpserve.ort import session
+
 logger = logging.getLogger(__name__)
+
+P = TypeVar("P", bound=ModelParams)
 
 
 class ModelArgs:
@@ -20,23 +28,32 @@ class ModelArgs:
     def __init__(self, args: dict[str, str]) -> None:
         self.config: dict[str, Any] = json.loads(args["model_config"])
         self.name: str = args["model_name"]
-        self.version_dir = Path(args["model_repository"]) / args["model_version"]
+        self.folder = ModelFolder(Path(args["model_repository"]) / args["model_version"])
         self.on_gpu = args.get("model_instance_kind") == "GPU"
         self.device_id = int(args.get("model_instance_device_id", 0))
 
-    def parameter(self, key: str, default: str | None = None) -> str:
-        value = self.config.get("parameters", {}).get(key, {}).get("string_value")
-        if value is None:
-            if default is None:
-                raise ValueError(f"{self.name}: parameter {key!r} missing from config.pbtxt")
-            return default
-        return str(value)
+    def params(self, kind: type[P]) -> P:
+        """The model's parameters as the builder wrote them (see runtime.params)."""
+        found = self.config.get("parameters", {})
+        return kind.from_config({k: v["string_value"] for k, v in found.items()}, self.name)
 
-    def output_dtype(self, name: str) -> np.dtype:
-        for output in self.config["output"]:
-            if output["name"] == name:
-                return np.dtype(pb_utils.triton_string_to_numpy(output["data_type"]))
-        raise ValueError(f"{self.name}: no output {name!r}")
+    def session(self, path: Path, params: SessionParams) -> Any:
+        """An ONNX Runtime session on this instance's device, as ``params`` say."""
+        return session(
+            path,
+            on_gpu=self.on_gpu,
+            device_id=self.device_id,
+            threads=params.intra_op_threads,
+            spin=params.intra_op_spinning,
+        )
+
+    @property
+    def inputs(self) -> list[str]:
+        return [i["name"] for i in self.config["input"]]
+
+    @property
+    def outputs(self) -> list[str]:
+        return [o["name"] for o in self.config["output"]]
 
 
 def invalid_argument(message: str) -> Any:
@@ -50,11 +67,24 @@ def internal_error(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def input_array(request: Any, name: str) -> np.ndarray:
+def optional_array(request: Any, name: str) -> np.ndarray | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
-    if tensor is None:
-        raise ValueError(f"input {name!r} is missing")
-    return np.asarray(tensor.as_numpy())
+    return None if tensor is None else np.asarray(tensor.as_numpy())
+
+
+def input_array(request: Any, name: str) -> np.ndarray:
+    array = optional_array(request, name)
+    if array is None:
+        raise InvalidRequest(f"input {name!r} is missing")
+    return array
+
+
+def input_texts(request: Any, name: str) -> list[str]:
+    """Every text of a BYTES input, decoded; errors name the input and the item."""
+    try:
+        return decode_texts(input_array(request, name).reshape(-1).tolist())
+    except InputItemError as exc:
+        raise named(name, exc) from exc
 
 
 def response(outputs: dict[str, np.ndarray]) -> Any:

@@ -24,7 +24,7 @@ from vlpserve.client import (
     ServerUnavailable,
 )
 from vlpserve.export.samples import SAMPLE_LABELS, SAMPLE_TEXTS
-from vlpserve.model_repository.server import free_port
+from vlpserve.serve import free_port
 
 COSINE = 0.9999
 T = TypeVar("T")

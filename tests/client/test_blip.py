@@ -151,24 +151,10 @@ def test_bad_generation_requests(client, photos) -> None:
     with pytest.raises(TypeError, match="bare str"):
         client.match([good], "a cat")  # type: ignore[arg-type]
     with pytest.raises(InvalidInput, match="TEXT item 0: text is not valid UTF-8"):
-        _raw_itm(client.url, good, b"\xff")
+        pair = {
+            "IMAGE": np.array([[good]], dtype=object),
+            "TEXT": np.array([[b"\xff"]], dtype=object),
+        }
+        client.infer("blip_itm", pair)
     # The server keeps serving.
     assert client.caption([good], max_new_tokens=3)[0]
-
-
-def _raw_itm(url: str, image: bytes, text: bytes) -> None:
-    import tritonclient.grpc as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    raw = grpcclient.InferenceServerClient(url)
-    inputs = []
-    for name, value in (("IMAGE", image), ("TEXT", text)):
-        tensor = grpcclient.InferInput(name, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[value]], dtype=object))
-        inputs.append(tensor)
-    try:
-        raw.infer("blip_itm", inputs)
-    except InferenceServerException as exc:
-        from vlpserve.client.calls import translate_error
-
-        raise translate_error(exc, "blip_itm") from exc

@@ -12,7 +12,8 @@ from PIL import Image
 from vlpserve.client import Client
 from vlpserve.export import ExportOptions, export_blip
 from vlpserve.export.checkpoints import Size, build_blip
-from vlpserve.model_repository import RepositoryOptions, TritonServer, build_repository
+from vlpserve.model_repository import RepositoryOptions, build_repository
+from vlpserve.serve import TritonServer
 
 pytestmark = pytest.mark.slow
 

@@ -15,7 +15,7 @@ from tests.conftest import TEST_MAX_BATCH_SIZE
 from vlpserve.client import Client, DeadlineExceeded, InvalidInput, ModelNotReady
 from vlpserve.errors import ServerUnavailable
 from vlpserve.export.samples import SAMPLE_LABELS, SAMPLE_TEXTS, photo_paths
-from vlpserve.model_repository.server import free_port
+from vlpserve.serve import free_port
 
 COSINE = 0.9999
 

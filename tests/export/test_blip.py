@@ -48,7 +48,7 @@ def test_int32_ids(blip_checkpoints: dict[str, Path], tmp_path: Path) -> None:
         ExportOptions(model=str(blip_checkpoints["caption"]), out=tmp_path, ids_dtype="int32")
     )
     for name in ("decoder_first", "decoder_step"):
-        inputs, _ = graph_io(tmp_path / report["graphs"][name].path)
+        inputs, _ = graph_io(tmp_path / report.graphs[name].path)
         assert inputs[0] == {**inputs[0], "name": "input_ids", "dtype": "int32"}
 
 
@@ -56,7 +56,7 @@ def test_tokenizer_ids_equal_blip_processor(blip_exports, blip_checkpoints) -> N
     from transformers import BlipProcessor
 
     processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
-    ours = BlipText(blip_exports["caption"] / "tokenizer")
+    ours = BlipText(blip_exports["caption"] / "tokenizer" / "tokenizer.json")
     texts = ["a picture of", "What is the man holding?", "naïve café, déjà-vu!", "", "[DEC] x"]
     for text in texts:
         assert ours.encode(text) == processor.tokenizer(text)["input_ids"], text

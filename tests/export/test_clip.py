@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,8 @@ import pytest
 from vlpserve.errors import ConfigError, ExportError, ParityError
 from vlpserve.export import ExportOptions, export_clip
 from vlpserve.export.clip import load_reference, text_graph_spec
-from vlpserve.export.common import check_parity, compare, graph_io, ort_session
+from vlpserve.export.common import check_parity, compare, graph_io
+from vlpserve.ort import session as ort_session
 
 
 def test_report_describes_graphs(clip_export: Path, reference) -> None:
@@ -75,7 +77,7 @@ def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path) -> None:
     report = export_clip(
         ExportOptions(model=str(clip_checkpoint), out=tmp_path, precision="fp16", keep_plain=True)
     )
-    for name, graph in report["graphs"].items():
+    for name, graph in report.graphs.items():
         assert graph.precision == "fp16"
         assert (tmp_path / graph.plain_path).is_file()
         # Inputs and outputs stay fp32: only weights and compute are half precision.
@@ -94,7 +96,7 @@ def test_int8_variant_is_quantized_and_gated(
     from PIL import Image
 
     report = export_clip(ExportOptions(model=str(clip_checkpoint), out=tmp_path, precision="int8"))
-    for name, graph in report["graphs"].items():
+    for name, graph in report.graphs.items():
         assert graph.precision == "int8"
         ops = {node.op_type for node in onnx.load(str(tmp_path / graph.path)).graph.node}
         assert {"DynamicQuantizeLinear", "MatMulInteger"} & ops or "QAttention" in ops, name
@@ -121,8 +123,9 @@ def test_parity_failure_raises_with_numbers(clip_checkpoint: Path, clip_export: 
         parameter.data.normal_()
     ids = np.array([[49406, 320, 1125, 49407]], dtype=np.int64)
     cases = {"one_text": {"input_ids": ids, "attention_mask": np.ones_like(ids)}}
+    spec = dataclasses.replace(spec, cases=cases)
     with pytest.raises(ParityError) as info:
-        check_parity(spec, clip_export / "text_encoder" / "model.onnx", cases, tolerance=0.9999)
+        check_parity(spec, clip_export / "text_encoder" / "model.onnx", tolerance=0.9999)
     error = info.value
     assert error.graph == "text_encoder" and error.check == "one_text"
     assert error.cosine_min < 0.9999

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from vlpserve.export.common import compare, ort_session
+from vlpserve.export.common import compare
+from vlpserve.ort import session as ort_session
 
 
 def test_report_and_outputs(groupvit_export: Path) -> None:

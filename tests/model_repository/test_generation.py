@@ -17,6 +17,7 @@ from vlpserve.model_repository.runtime.generation import (
     GenerationParams,
     Job,
 )
+from vlpserve.ort import session
 
 SETTINGS = [
     (None, 1, 1.0),
@@ -40,7 +41,8 @@ def caption_model(blip_checkpoints):
 
 def _graphs(export: Path) -> DecoderGraphs:
     return DecoderGraphs(
-        export / "decoder_first" / "model.onnx", export / "decoder_step" / "model.onnx"
+        session(export / "decoder_first" / "model.onnx"),
+        session(export / "decoder_step" / "model.onnx"),
     )
 
 

@@ -97,7 +97,7 @@ def test_tokenizer_ids_equal_hugging_face(clip_export: Path, reference) -> None:
         max_length=77,
         pad_id=reference.tokenizer.pad_token_id,
     )
-    [(ids, mask)] = ours.encode_groups([TEXTS])
+    ids, mask = ours.encode(TEXTS)
     theirs = reference.tokenizer(
         TEXTS, padding=True, truncation=True, max_length=77, return_tensors="np"
     )
@@ -106,11 +106,11 @@ def test_tokenizer_ids_equal_hugging_face(clip_export: Path, reference) -> None:
     assert ids.shape[1] == 77 and ids[-1, -1] == 49407
 
 
-def test_groups_share_one_padded_length(clip_export: Path) -> None:
+def test_texts_share_one_padded_length(clip_export: Path) -> None:
     ours = TextTokenizer(clip_export / "tokenizer" / "tokenizer.json", max_length=77, pad_id=0)
-    short, long = ours.encode_groups([["hi"], ["a much longer sentence than the first"]])
-    assert short[0].shape[1] == long[0].shape[1]
-    assert short[1].sum() == 3  # <start> hi <end>
+    ids, mask = ours.encode(["hi", "a much longer sentence than the first"])
+    assert ids.shape == mask.shape and mask[1].all()  # padded to the longer text
+    assert mask[0].sum() == 3 and not ids[0, 3:].any()  # <start> hi <end>, then padding
 
 
 def test_served_tokenizer_equals_hugging_face(triton, reference) -> None:

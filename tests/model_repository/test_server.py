@@ -13,8 +13,7 @@ import pytest
 
 from vlpserve.client import Client
 from vlpserve.errors import ServeError
-from vlpserve.model_repository import TritonServer
-from vlpserve.model_repository.server import free_port
+from vlpserve.serve import TritonServer, free_port
 
 
 def test_missing_repository(tmp_path: Path) -> None:

@@ -1,10 +1,11 @@
-"""ONNX Runtime sessions for the Python-backend models, built one way.
+"""ONNX Runtime sessions, built one way: the export's parity checks, the served models and
+the benchmarks' baselines all run graphs through ``session``.
 
 ``spin`` keeps ORT's default (intra-op threads busy-wait between parallel sections). Turning
 it off, so that the tokenizer, image decoder and gRPC frontend sharing the cores get them,
 was measured on the 2-core CPU machine (CLIP text and image at concurrency 1 and 32, three
-interleaved runs each) and was no better, within that machine's run-to-run noise: the
-``intra_op_spinning`` model parameter keeps the choice open.
+interleaved runs each) and was no better, within that machine's run-to-run noise; a process
+that runs two graphs at once (BLIP generation: vision encoder and decoder) turns it off.
 """
 
 from __future__ import annotations
@@ -13,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 
-def ort_session(
-    path: Path, *, on_gpu: bool = False, device_id: int = 0, threads: int = 0, spin: bool = True
+def session(
+    path: Path | str,
+    *,
+    on_gpu: bool = False,
+    device_id: int = 0,
+    threads: int = 0,
+    spin: bool = True,
 ) -> Any:
-    """An ONNX Runtime session over ``path``: CUDA first when the instance is on a GPU and
-    ORT has it, else CPU with ``threads`` intra-op threads (0: ORT's default)."""
+    """An ``onnxruntime.InferenceSession`` over ``path`` with every graph optimization:
+    CUDA first when ``on_gpu`` and ORT has it, else CPU with ``threads`` intra-op threads
+    (0: ORT's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

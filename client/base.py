@@ -1,0 +1,97 @@
+"""What both clients keep: the address, the options, the models of the family, the configs
+already fetched, and the RPC each operation is."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from tritonclient.grpc import service_pb2 as pb
+
+from vlpserve.client.calls import ClientOptions, GetConfig, Infer, IsReady, Op
+from vlpserve.client.wire import config_dict, rpc_error
+from vlpserve.contract import EmbeddingModels, Family
+from vlpserve.errors import DeadlineExceeded
+
+logger = logging.getLogger(__name__)
+
+
+class ClientBase:
+    """Options and state of ``Client`` and ``AsyncClient``; the arguments are ``Client``'s."""
+
+    def __init__(
+        self,
+        url: str = "localhost:8001",
+        *,
+        family: Family | str = Family.CLIP,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        retry_backoff_s: float = 0.1,
+        max_concurrency: int = 8,
+    ) -> None:
+        self.url = url
+        self.options = ClientOptions(
+            family=Family(family),
+            timeout_s=timeout_s,
+            retries=retries,
+            retry_backoff_s=retry_backoff_s,
+            max_concurrency=max_concurrency,
+        )
+        self.models: EmbeddingModels = self.options.models
+        self._configs: dict[str, dict[str, Any]] = {}
+        self._metadata: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def family(self) -> str:
+        return self.models.family.value
+
+    @property
+    def timeout_s(self) -> float:
+        return self.options.timeout_s
+
+    def _remaining(self, op: Op, deadline: float, now: float) -> float:
+        """Seconds left for another attempt, or DeadlineExceeded."""
+        if deadline <= now:
+            raise DeadlineExceeded(f"{op.what}: no answer within {self.options.timeout_s} s")
+        return deadline - now
+
+    def _retry_wait(
+        self, op: Op, exc: Exception, attempt: int, left_s: float, *, started: bool = False
+    ) -> float:
+        """After a failed attempt: the seconds to wait before the next one, or the typed
+        error raised. The one retry rule of both clients (ClientOptions.retry_wait_s); a
+        stream that has answered once is never tried again."""
+        error = rpc_error(exc, op.what, getattr(op, "offset", 0))
+        wait = None if started else self.options.retry_wait_s(error, attempt, left_s)
+        if wait is None:
+            raise error from exc
+        logger.info("%s: %s; retrying in %.2f s", op.what, error, wait)
+        return wait
+
+    def _cached(self, op: Op) -> dict[str, Any] | None:
+        return self._configs.get(op.model) if isinstance(op, GetConfig) else None
+
+    def _remember(self, op: Op, result: Any) -> Any:
+        if isinstance(op, GetConfig):
+            self._configs[op.model] = result
+        return result
+
+
+def unary(op: Infer | GetConfig | IsReady) -> tuple[str, Any]:
+    """The RPC method and request message of a unary operation."""
+    if isinstance(op, Infer):
+        return "ModelInfer", op.request
+    if isinstance(op, GetConfig):
+        return "ModelConfig", pb.ModelConfigRequest(name=op.model)
+    if op.model is None:
+        return "ServerReady", pb.ServerReadyRequest()
+    return "ModelReady", pb.ModelReadyRequest(name=op.model)
+
+
+def unary_result(op: Infer | GetConfig | IsReady, response: Any) -> Any:
+    """What a plan receives for a unary operation's response."""
+    if isinstance(op, Infer):
+        return response
+    if isinstance(op, GetConfig):
+        return config_dict(response)
+    return bool(response.ready)

@@ -1,0 +1,156 @@
+"""Each Python-backend model's parameters: one definition with its defaults.
+
+The repository builder writes them into config.pbtxt (``to_config``); the model reads them
+back in ``initialize`` (``from_config``). Both sides use these classes, so a name, a type or
+a default is written once. Values travel as config.pbtxt strings: numbers as text, booleans
+as "1"/"0", mappings as JSON.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+P = TypeVar("P", bound="ModelParams")
+
+MIN_IMAGE_SIDE = 8  # pixels; a 1x1 or 2x2 "image" is a mistake, not a photo
+
+
+def _encode(value: object) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _decode(kind: Any, text: str) -> object:
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):  # X | None
+        kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
+    if kind is bool:
+        if text not in ("0", "1"):
+            raise ValueError(f"expected 0 or 1, got {text!r}")
+        return text == "1"
+    if kind in (int, float, str):
+        return kind(text)
+    if typing.get_origin(kind) is dict:
+        return dict(json.loads(text))
+    raise TypeError(f"no config encoding for {kind}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelParams:
+    """Base of every model's parameters: written to and read from config.pbtxt."""
+
+    def to_config(self) -> dict[str, str]:
+        """config.pbtxt ``parameters``: every field, defaults included (the file says all)."""
+        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_config(cls: type[P], parameters: Mapping[str, str], model: str = "") -> P:
+        """The parameters of a config; a missing one takes its default, or ValueError."""
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for spec in dataclasses.fields(cls):
+            text = parameters.get(spec.name)
+            if text is None:
+                continue  # the dataclass default, or a TypeError below for a required one
+            try:
+                values[spec.name] = _decode(hints[spec.name], text)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{model}: parameter {spec.name}={text!r}: {exc}") from exc
+        try:
+            return cls(**values)
+        except TypeError as exc:
+            raise ValueError(f"{model}: config.pbtxt lacks a parameter: {exc}") from exc
+
+
+@dataclass(frozen=True, kw_only=True)
+class SessionParams(ModelParams):
+    """How a model's ONNX Runtime sessions run (see vlpserve.ort)."""
+
+    intra_op_threads: int = 0  # 0: ORT's default
+    intra_op_spinning: bool = True
+
+
+@dataclass(frozen=True, kw_only=True)
+class FamilyParams(ModelParams):
+    """What every model of a dual-encoder family carries: exp(logit_scale), so that
+    zero-shot classification needs no other call."""
+
+    logit_scale: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphParams(SessionParams):
+    """A model serving one exported graph (``onnx_model``). ``pad_values``: inputs the
+    model pads to the longest of a batch (ragged token inputs), with their pad value."""
+
+    logit_scale: float | None = None
+    pad_values: dict[str, int] = field(default_factory=dict)
+
+    def to_config(self) -> dict[str, str]:
+        found = super().to_config()
+        if self.logit_scale is None:  # BLIP graphs have none
+            del found["logit_scale"]
+        return found
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenizerParams(FamilyParams):
+    """``<family>_tokenizer``: truncation (with special tokens) and the pad id."""
+
+    max_length: int
+    pad_token_id: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class TextParams(TokenizerParams, SessionParams):
+    """``<family>_text`` of the python runtime: the tokenizer and the text graph."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageParams(FamilyParams):
+    """``<family>_image_preprocessor``: decode threads (0: one per core)."""
+
+    min_image_side: int = MIN_IMAGE_SIDE
+    decode_threads: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SegmentParams(ImageParams):
+    """``<family>_segment``: the models it calls and the labels it takes."""
+
+    text_model: str
+    image_model: str
+    encoder_max_batch_size: int
+    max_labels: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlipParams(SessionParams):
+    """BLIP's raw models (``blip_itm``): the checkpoint's kind, token ids and positions."""
+
+    kind: str
+    bos_token_id: int
+    sep_token_id: int
+    max_text_length: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlipGenerateParams(BlipParams):
+    """``blip_caption`` and ``blip_vqa``: how the generation engine runs. The vision encoder
+    (admission threads) and the decoder (engine thread) run at the same time in one process,
+    each with its own intra-op pool: spinning threads of one would take the cores the other
+    works on, so they do not spin by default."""
+
+    intra_op_spinning: bool = False
+    max_batch_rows: int = 64  # decoder rows decoded together
+    admission_threads: int = 2  # image decoding and encoders of arriving requests
