@@ -19,12 +19,8 @@ def test_top_level_folders_are_the_packages() -> None:
 
 
 def test_wheel_holds_every_module_under_its_import_name(tmp_path: Path) -> None:
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-        + ["-w", str(tmp_path), str(ROOT)],
-        check=True,
-        capture_output=True,
-    )
+    wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    subprocess.run([*wheel, "-w", str(tmp_path), str(ROOT)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("vlpserve-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     sources = {
@@ -37,7 +33,8 @@ def test_wheel_holds_every_module_under_its_import_name(tmp_path: Path) -> None:
 
 def test_imports_from_the_repository_root() -> None:
     """The local vlpserve/ folder shadows the installed package there: it must be whole."""
-    code = "import vlpserve.client.calls, vlpserve.serve.launcher, vlpserve.model_repository.runtime.params"
+    modules = ("client.calls", "serve.launcher", "model_repository.runtime.params")
+    code = "; ".join(f"import vlpserve.{name}" for name in modules)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

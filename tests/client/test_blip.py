@@ -11,6 +11,9 @@ from PIL import Image
 
 from vlpserve.client import Client, InvalidInput
 
+ITM_ATOL = 1e-4  # served ITM and ITC scores against Hugging Face's
+QUESTIONS = ["what is this?", "how many cats are there?", "where is it?", "is it red?"]
+
 
 @pytest.fixture(scope="module")
 def client(triton):
@@ -87,7 +90,7 @@ def test_answers_equal_hugging_face(client, hf, photos) -> None:
     import torch
 
     models, processor = hf
-    questions = ["what is this?", "how many cats are there?", "where is it?", "is it red?"]
+    questions = QUESTIONS
     served = client.answer(list(photos.values()), questions, max_new_tokens=6)
     for image, question, answer in zip(_images(photos), questions, served, strict=True):
         inputs = processor(images=image, text=question, return_tensors="pt")
@@ -108,8 +111,50 @@ def test_match_equals_hugging_face(client, hf, photos) -> None:
     with torch.no_grad():
         logits = models["itm"](**inputs, use_itm_head=True).itm_score
         cosine = models["itm"](**inputs, use_itm_head=False).itm_score
-    np.testing.assert_allclose(itm, logits.softmax(dim=1)[:, 1].numpy(), atol=1e-4)
-    np.testing.assert_allclose(itc, np.diag(cosine.numpy()), atol=1e-4)
+    expected = logits.softmax(dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(itm, expected, atol=ITM_ATOL)
+    np.testing.assert_allclose(itc, np.diag(cosine.numpy()), atol=ITM_ATOL)
+    # The pairs' true scores lie far apart: a server returning one constant would fail.
+    assert np.ptp(expected) >= 100 * ITM_ATOL and np.ptp(np.diag(cosine.numpy())) >= 0.1
+
+
+def test_seeded_blip_listens_to_image_and_question(client, photos) -> None:
+    """The tiny checkpoints' outputs depend on the image (and VQA's on the question): the
+    tests above, which compare with Hugging Face, can then see an image mixed up."""
+    images = list(photos.values())
+    for prompt in (None, "a picture of"):
+        captions = client.caption(images, prompt=prompt, max_new_tokens=12)
+        assert len(set(captions)) == len(images), captions
+    for image in images:
+        answers = client.answer([image] * len(QUESTIONS), QUESTIONS, max_new_tokens=6)
+        assert len(set(answers)) >= 2, answers
+    per_image = [client.answer(images, [question] * 4, max_new_tokens=6) for question in QUESTIONS]
+    assert all(len(set(answers)) >= 2 for answers in per_image), per_image
+
+
+def test_outputs_follow_images_swapped_within_a_batch(client, photos) -> None:
+    """Images reordered inside one call (one continuous batch, one ITM batch): every
+    output moves with its image."""
+    images = list(photos.values())
+    order = [1, 0, 3, 2]
+    swapped = [images[i] for i in order]
+    texts = ["a cat", "a cup of coffee", "an astronaut", "a rocket"]
+
+    def permuted(values):
+        return [values[i] for i in order]
+
+    captions = client.caption(images, max_new_tokens=12)
+    assert client.caption(swapped, max_new_tokens=12) == permuted(captions)
+    beams = client.caption(images, max_new_tokens=8, num_beams=3)
+    assert client.caption(swapped, max_new_tokens=8, num_beams=3) == permuted(beams)
+    answers = client.answer(images, QUESTIONS, max_new_tokens=6)
+    assert client.answer(swapped, permuted(QUESTIONS), max_new_tokens=6) == permuted(answers)
+    itm = client.match(images, texts)
+    np.testing.assert_allclose(client.match(swapped, permuted(texts)), permuted(itm), atol=1e-6)
+    # same text for every image: the scores still follow the images
+    same = client.match(images, ["a cat"] * 4)
+    np.testing.assert_allclose(client.match(swapped, ["a cat"] * 4), permuted(same), atol=1e-6)
+    assert np.ptp(same) >= 100 * ITM_ATOL
 
 
 def test_engine_work_on_the_metrics_endpoint(client, triton, photos) -> None:

@@ -89,6 +89,10 @@ def test_batched_generation_equals_hugging_face(blip_exports, caption_model, pho
     assert finished.wait(120)
     engine.close()
     assert engine.max_batch_rows > 8, "requests were not decoded together"
+    # Each setting gives every photo its own tokens: rows mixed up in the batch would show.
+    for setting in range(len(SETTINGS)):
+        tokens = {tuple(results[i]) for i in range(setting, len(cases), len(SETTINGS))}
+        assert len(tokens) == len(photos), SETTINGS[setting]
     for index, ((_, prompt, beams, penalty), (_, inputs)) in enumerate(
         zip(cases, jobs, strict=True)
     ):
