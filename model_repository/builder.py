@@ -360,7 +360,9 @@ class _Builder(_Renderer):
             max_batch_size=self.options.max_batch_size,
             inputs=(
                 TensorConfig(name=IMAGE, dtype="object", dims=(1,)),
-                TensorConfig(name=LABELS, dtype="object", dims=(-1,)),
+                # Requests with different label counts batch together: the model takes
+                # each request's labels on their own (Triton's batcher merges equal shapes).
+                TensorConfig(name=LABELS, dtype="object", dims=(-1,), ragged=True),
             ),
             outputs=tuple(
                 TensorConfig(name=t.name, dtype=t.dtype, dims=dims[t.name])

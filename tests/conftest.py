@@ -21,14 +21,16 @@ TEST_QUEUE_DELAY_US = 50_000
 TEST_MAX_LABELS = 10  # the benchmark scenario sends 10 labels
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+def has_cuda() -> bool:
     try:
         import torch
-
-        has_cuda = bool(torch.cuda.is_available())
     except ImportError:
-        has_cuda = False
-    if has_cuda:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if has_cuda():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -86,3 +86,40 @@ def test_prepared_repository_holds_only_the_requested_checkpoints(
 
     assert all(m.startswith("clip_") for m in prepared("clip", clip_export))
     assert all(m.startswith("groupvit_") for m in prepared("groupvit", groupvit_export))
+
+
+def test_demo_on_tiny_models(
+    clip_export: Path,
+    groupvit_export: Path,
+    blip_exports: dict[str, Path],
+    tmp_path: Path,
+    capsys,
+) -> None:
+    """`make demo`'s path, `vlpserve demo`, on the tiny checkpoints (their exports reused)."""
+    from vlpserve.export.report import ExportReport
+
+    exports = {
+        "clip": clip_export,
+        "groupvit": groupvit_export,
+        "blip-caption": blip_exports["caption"],
+        "blip-vqa": blip_exports["vqa"],
+    }
+    for name, export in exports.items():
+        shutil.copytree(export, tmp_path / f"export-{name}")
+    sources = {name: ExportReport.read(export).source for name, export in exports.items()}
+    command = ["demo", "--workdir", str(tmp_path), "--model", sources["clip"]]
+    command += ["--groupvit", sources["groupvit"], "--blip-caption", sources["blip-caption"]]
+    command += ["--blip-vqa", sources["blip-vqa"]]
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing the export") == 4
+    for line in (
+        "CLIP: embedded 4 photos -> (4, 16)",
+        "zero-shot classification",
+        "GroupViT: segmented chelsea.png",
+        "BLIP: captions of 4 photos",
+        "chelsea.png: what animal is in the picture? ->",
+        "tritonserver stopped; demo done",
+    ):
+        assert line in out, out
+    assert (tmp_path / "chelsea_segmentation.png").read_bytes().startswith(b"\x89PNG")

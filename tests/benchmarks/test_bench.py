@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import has_cuda
 from vlpserve.benchmarks import ALL_SCENARIOS, BenchOptions, run_bench
-from vlpserve.benchmarks.triton_stats import parse_gpu_metrics
+from vlpserve.benchmarks.triton_stats import delta, parse_gpu_metrics
 from vlpserve.errors import ConfigError
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -46,7 +47,8 @@ def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
             assert any(s["executions"] > 0 and s["compute_infer_ms"] > 0 for s in stats.values())
             assert all(0 <= s["utilization"] <= 1.5 for s in stats.values()), stats
             assert all(s["busy_s"] >= 0 for s in stats.values())
-        assert result["points"][0]["gpu"] == {}  # no GPU here, none reported
+        gpu = result["points"][0]["gpu"]  # GPU metrics exactly where a GPU is
+        assert ("nv_gpu_utilization" in gpu) == has_cuda(), gpu
         if name.startswith("blip_caption") or name == "blip_vqa":
             engine = result["points"][0]["engine"][result["model"]]
             assert {"encode", "first", "step"} <= set(engine), name
@@ -101,6 +103,48 @@ def test_options_are_checked() -> None:
         BenchOptions(concurrency=(0,))
     with pytest.raises(ConfigError, match="rate_rps"):
         BenchOptions(rate_rps=-1.0)
+
+
+def test_triton_breakdown_from_known_snapshots() -> None:
+    """The breakdown of two statistics snapshots (Triton's JSON form), figure by figure."""
+
+    def stats(success: int, queue_ns: int, infer_ns: int, batches: dict[int, int]) -> dict:
+        return {
+            "execution_count": sum(batches.values()),
+            "inference_count": sum(size * n for size, n in batches.items()),
+            "inference_stats": {
+                "success": {"count": success, "ns": 10 * success * 10**6},
+                "queue": {"count": success, "ns": queue_ns},
+                "compute_input": {"count": success, "ns": success * 10**5},
+                "compute_infer": {"count": success, "ns": infer_ns},
+                "compute_output": {"count": success, "ns": success * 10**5},
+            },
+            "batch_stats": [
+                {
+                    "batch_size": size,
+                    "compute_input": {"count": n, "ns": n * 10**5},
+                    "compute_infer": {"count": n, "ns": n * size * 10**6},
+                    "compute_output": {"count": n, "ns": n * 10**5},
+                }
+                for size, n in batches.items()
+            ],
+        }
+
+    before = {"clip_image_encoder": stats(10, 20 * 10**6, 40 * 10**6, {1: 10})}
+    after = {
+        "clip_image_encoder": stats(30, 80 * 10**6, 140 * 10**6, {1: 10, 4: 5}),
+        "idle_model": stats(0, 0, 0, {}),
+    }
+    found = delta(before, after, window_s=2.0)
+    assert set(found) == {"clip_image_encoder"}  # a model that did nothing is left out
+    model = found["clip_image_encoder"]
+    assert model["requests"] == 20 and model["executions"] == 5
+    assert model["mean_batch"] == 4.0 and model["batch_sizes"] == {4: 5}
+    assert model["queue_ms"] == pytest.approx(3.0)  # 60 ms over 20 requests
+    assert model["compute_infer_ms"] == pytest.approx(5.0)  # 100 ms over 20 requests
+    assert model["compute_input_ms"] == pytest.approx(0.1)
+    assert model["busy_s"] == pytest.approx(5 * (4 * 10**6 + 2 * 10**5) / 1e9)
+    assert model["utilization"] == pytest.approx(model["busy_s"] / 2.0)
 
 
 def test_gpu_metrics_parsing() -> None:

@@ -43,13 +43,38 @@ def test_decoder_graph_io(blip_exports: dict[str, Path]) -> None:
     assert outputs[0]["shape"] == ["batch", 30524]
 
 
-def test_int32_ids(blip_checkpoints: dict[str, Path], tmp_path: Path) -> None:
+def test_int32_ids_generate_hugging_face_s_tokens(
+    blip_checkpoints: dict[str, Path], tmp_path: Path, photos
+) -> None:
+    """int32 token ids: the graphs declare them, and the generation engine running them
+    gives Hugging Face's tokens."""
+    import io
+
+    import torch
+    from PIL import Image
+    from transformers import BlipForConditionalGeneration, BlipProcessor
+
+    from vlpserve.benchmarks.baselines import OrtGenerator
+
     report = export_blip(
         ExportOptions(model=str(blip_checkpoints["caption"]), out=tmp_path, ids_dtype="int32")
     )
     for name in ("decoder_first", "decoder_step"):
         inputs, _ = graph_io(tmp_path / report.graphs[name].path)
         assert inputs[0] == {**inputs[0], "name": "input_ids", "dtype": "int32"}
+    model = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
+    processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
+    pixels = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
+    generator = OrtGenerator(tmp_path, max_new_tokens=10)
+    try:
+        served = generator(pixels)
+    finally:
+        generator.close()
+    with torch.no_grad():
+        expected = model.generate(pixel_values=torch.from_numpy(pixels), max_new_tokens=10)
+    for row, ids in enumerate(served):
+        assert ids == [t for t in expected[row].tolist() if t != processor.tokenizer.pad_token_id]
 
 
 def test_tokenizer_ids_equal_blip_processor(blip_exports, blip_checkpoints) -> None:

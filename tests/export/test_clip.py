@@ -73,7 +73,13 @@ def test_dynamic_axes(clip_export: Path) -> None:
         assert out.shape == (batch, 16)
 
 
-def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path) -> None:
+def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path, reference, photos) -> None:
+    import io
+
+    from PIL import Image
+
+    from vlpserve.export.samples import SAMPLE_TEXTS
+
     report = export_clip(
         ExportOptions(model=str(clip_checkpoint), out=tmp_path, precision="fp16", keep_plain=True)
     )
@@ -84,6 +90,18 @@ def test_fp16_and_plain_kept(clip_checkpoint: Path, tmp_path: Path) -> None:
         inputs, outputs = graph_io(tmp_path / graph.path)
         assert {t["dtype"] for t in inputs + outputs} <= {"float32", "int64"}, name
         assert min(p["cosine_min"] for p in graph.parity.values()) >= 0.999
+    # Run here against Hugging Face fp32, on the real photos and texts.
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
+    pixels = reference.processor(images=images, return_tensors="np")["pixel_values"]
+    (got,) = ort_session(tmp_path / "image_encoder" / "model.onnx").run(
+        None, {"pixel_values": pixels.astype(np.float32)}
+    )
+    assert compare(got, reference.image_embeds(images))["cosine_min"] >= 0.999
+    texts = list(SAMPLE_TEXTS)
+    tokens = reference.tokenizer(texts, padding=True, return_tensors="np")
+    feeds = {k: v.astype(np.int64) for k, v in tokens.items()}
+    (got,) = ort_session(tmp_path / "text_encoder" / "model.onnx").run(None, feeds)
+    assert compare(got, reference.text_embeds(texts))["cosine_min"] >= 0.999
 
 
 def test_int8_variant_is_quantized_and_gated(
@@ -130,6 +148,39 @@ def test_parity_failure_raises_with_numbers(clip_checkpoint: Path, clip_export: 
     assert error.graph == "text_encoder" and error.check == "one_text"
     assert error.cosine_min < 0.9999
     assert "max abs diff" in str(error) and f"{error.cosine_min:.6f}" in str(error)
+
+
+def _overflowing(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint with its text projection scaled by 1e6: fine in fp32 (the embedding
+    is normalised), beyond fp16's range (65504) in a half-precision graph."""
+    import torch
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(checkpoint)
+    with torch.no_grad():
+        model.text_projection.weight.mul_(1e6)
+    model.save_pretrained(out)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        if (checkpoint / name).is_file():
+            (out / name).write_bytes((checkpoint / name).read_bytes())
+    for name in ("vocab.json", "merges.txt", "preprocessor_config.json"):
+        (out / name).write_bytes((checkpoint / name).read_bytes())
+    return out
+
+
+def test_gate_refuses_an_export_below_its_tolerance(clip_checkpoint: Path, tmp_path: Path) -> None:
+    """The parity gate itself: an fp16 graph that overflows fails the export, and the CLI
+    exits 1 with the figures, while the same checkpoint exports in fp32."""
+    from vlpserve.cli import main
+
+    checkpoint = _overflowing(clip_checkpoint, tmp_path / "overflowing")
+    with pytest.raises(ParityError) as info:
+        export_clip(ExportOptions(model=str(checkpoint), out=tmp_path / "a", precision="fp16"))
+    assert info.value.graph == "text_encoder" and not info.value.cosine_min >= 0.999
+    command = ["export", "clip", "--model", str(checkpoint), "--precision", "fp16"]
+    assert main([*command, "--out", str(tmp_path / "b")]) == 1
+    fp32 = export_clip(ExportOptions(model=str(checkpoint), out=tmp_path / "c"))
+    assert fp32.graphs["text_encoder"].worst_cosine >= 0.9999
 
 
 def test_bad_options_and_checkpoints(tmp_path: Path) -> None:
