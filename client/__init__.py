@@ -8,20 +8,26 @@ from vlpserve.client.aio import AsyncClient
 from vlpserve.client.client import Client
 from vlpserve.client.segmentation import Segmentation
 from vlpserve.errors import (
+    AuthenticationError,
     ClientError,
+    ConnectionSecurityError,
     DeadlineExceeded,
     InvalidInput,
     ModelNotReady,
+    Overloaded,
     ServerUnavailable,
 )
 
 __all__ = [
     "AsyncClient",
+    "AuthenticationError",
     "Client",
     "ClientError",
+    "ConnectionSecurityError",
     "DeadlineExceeded",
     "InvalidInput",
     "ModelNotReady",
+    "Overloaded",
     "Segmentation",
     "ServerUnavailable",
 ]

@@ -56,7 +56,11 @@ class AsyncClient(ClientBase):
 
     def _connection(self) -> Any:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+            self._channel = (
+                grpc.aio.secure_channel(self.url, self._credentials, options=CHANNEL_OPTIONS)
+                if self._credentials
+                else grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+            )
             self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         return self._stub
 
@@ -95,14 +99,15 @@ class AsyncClient(ClientBase):
         cached = self._cached(op)
         if cached is not None:
             return cached
-        method, request = unary(op)
-        call = getattr(self._connection(), method)
         loop = asyncio.get_running_loop()
         attempt = 0
         while True:
             timeout = self._remaining(op, deadline, loop.time())
+            method, request = unary(op, timeout)
             try:
-                response = await call(request, timeout=timeout, metadata=self._metadata)
+                response = await getattr(self._connection(), method)(
+                    request, timeout=timeout, metadata=self._metadata
+                )
                 return self._remember(op, unary_result(op, response))
             except grpc.RpcError as exc:
                 await asyncio.sleep(self._retry_wait(op, exc, attempt, deadline - loop.time()))
@@ -123,15 +128,17 @@ class AsyncClient(ClientBase):
             try:
                 async for message in call:
                     yield texts.add(message)
-                    if texts.done:
-                        return
-                raise ClientError(f"{op.what}: the stream ended before every answer")
+                    if texts.stop_reading():
+                        break
+                texts.outcome()
+                return
             except grpc.RpcError as exc:
                 left = deadline - loop.time()
                 await asyncio.sleep(self._retry_wait(op, exc, attempt, left, started=texts.started))
                 attempt += 1
             finally:
-                call.cancel()
+                if not texts.done:
+                    call.cancel()
 
     # -- public API -------------------------------------------------------------------------
 

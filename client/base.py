@@ -4,6 +4,7 @@ already fetched, and the RPC each operation is."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
@@ -28,6 +29,11 @@ class ClientBase:
         retries: int = 3,
         retry_backoff_s: float = 0.1,
         max_concurrency: int = 8,
+        tls: bool = False,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
+        api_key: str | None = None,
     ) -> None:
         self.url = url
         self.options = ClientOptions(
@@ -36,10 +42,16 @@ class ClientBase:
             retries=retries,
             retry_backoff_s=retry_backoff_s,
             max_concurrency=max_concurrency,
+            tls=tls,
+            tls_ca=Path(tls_ca) if tls_ca is not None else None,
+            tls_cert=Path(tls_cert) if tls_cert is not None else None,
+            tls_key=Path(tls_key) if tls_key is not None else None,
+            api_key=api_key,
         )
         self.models: EmbeddingModels = self.options.models
         self._configs: dict[str, dict[str, Any]] = {}
-        self._metadata: tuple[tuple[str, str], ...] = ()
+        self._metadata = self.options.metadata
+        self._credentials = self.options.credentials()
 
     @property
     def family(self) -> str:
@@ -61,7 +73,7 @@ class ClientBase:
         """After a failed attempt: the seconds to wait before the next one, or the typed
         error raised. The one retry rule of both clients (ClientOptions.retry_wait_s); a
         stream that has answered once is never tried again."""
-        error = rpc_error(exc, op.what, getattr(op, "offset", 0))
+        error = rpc_error(exc, op.what, getattr(op, "offset", 0), tls=self.options.tls)
         wait = None if started else self.options.retry_wait_s(error, attempt, left_s)
         if wait is None:
             raise error from exc
@@ -77,9 +89,12 @@ class ClientBase:
         return result
 
 
-def unary(op: Infer | GetConfig | IsReady) -> tuple[str, Any]:
-    """The RPC method and request message of a unary operation."""
+def unary(op: Infer | GetConfig | IsReady, timeout_s: float) -> tuple[str, Any]:
+    """The RPC method and request message of a unary operation. An inference request
+    carries the call's remaining time (Triton's per-request timeout): one that waits in
+    the server's queue past it is dropped there, not computed for a caller who is gone."""
     if isinstance(op, Infer):
+        op.request.parameters["timeout"].int64_param = max(1, int(timeout_s * 1e6))
         return "ModelInfer", op.request
     if isinstance(op, GetConfig):
         return "ModelConfig", pb.ModelConfigRequest(name=op.model)

@@ -3,7 +3,8 @@ Triton's streaming RPC (``ModelStreamInfer``), ITM scores from a batched model.
 
 Several images go out on one stream at once, so the server decodes them in one batch. Stream
 errors carry no status code: the server starts the message with the request id and, for bad
-input, with ``STREAM_INVALID_INPUT``.
+input, with ``STREAM_INVALID_INPUT`` (an overloaded engine: ``STREAM_OVERLOADED``; such a
+refusal is raised as ``Overloaded``, not retried, since the stream's other requests go on).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 
 from vlpserve.client.inputs import ImageInput, image_to_bytes, images_to_bytes, texts_to_bytes
-from vlpserve.client.wire import deserialize_bytes, infer_request
+from vlpserve.client.wire import deserialize_bytes, infer_request, translate
 from vlpserve.contract import (
     IMAGE,
     ITC_SCORE,
@@ -28,10 +29,12 @@ from vlpserve.contract import (
     REPETITION_PENALTY,
     STREAM,
     STREAM_INVALID_INPUT,
+    STREAM_OVERLOADED,
+    STREAM_STOPPING,
     TEXT,
     blip_models,
 )
-from vlpserve.errors import ClientError, InvalidInput
+from vlpserve.errors import ClientError, InvalidInput, Overloaded, ServerUnavailable
 
 CAPTION = blip_models("caption").raw.name
 ITM = blip_models("itm").raw.name
@@ -165,19 +168,26 @@ def answer_requests(
 def stream_error(model: str, message: str, index: int) -> ClientError:
     """The typed error for a stream error message about request ``index`` (its item 0 is
     the caller's item ``index``)."""
-    invalid = message.startswith(STREAM_INVALID_INPUT)
-    message = message.removeprefix(STREAM_INVALID_INPUT)
     message = _ITEM.sub(f"item {index}", message)
-    return (InvalidInput if invalid else ClientError)(f"{model}: {message}")
+    for prefix, typed in (
+        (STREAM_INVALID_INPUT, InvalidInput),
+        (STREAM_OVERLOADED, Overloaded),
+        (STREAM_STOPPING, ServerUnavailable),
+    ):
+        if message.startswith(prefix):
+            return typed(f"{model}: {message.removeprefix(prefix)}")
+    return translate(None, message, model)  # Triton's own (an unloading model, say)
 
 
 @dataclass(frozen=True)
 class Piece:
-    """One streamed answer: a request's next text piece, and whether it is its last."""
+    """One streamed answer: a request's next text piece and whether it is its last, or the
+    error that ended the request (an error is always a request's final answer)."""
 
     index: int
     text: str
     final: bool
+    error: ClientError | None = None
 
 
 def piece(model: str, message: pb.ModelStreamInferResponse) -> Piece:
@@ -187,7 +197,8 @@ def piece(model: str, message: pb.ModelStreamInferResponse) -> Piece:
         found = _REQUEST_ID.match(message.error_message)
         request_id = found.group(1) if found else ""
         text = message.error_message[found.end() :] if found else message.error_message
-        raise stream_error(model, text, int(request_id) if request_id.isdigit() else 0)
+        index = int(request_id) if request_id.isdigit() else 0
+        return Piece(index, "", True, stream_error(model, text, index))
     response = message.infer_response
     final = response.parameters.get("triton_final_response")
     text = ""
@@ -199,12 +210,18 @@ def piece(model: str, message: pb.ModelStreamInferResponse) -> Piece:
 
 
 class Texts:
-    """Each request's pieces, joined into its text when its final answer arrives."""
+    """Each request's pieces, joined into its text when its final answer arrives, and the
+    first error among them.
+
+    A stream whose requests have all had their final answer is never cancelled: the
+    clients read it to its end. (Triton 2.51's Python backend keeps a model it cannot
+    unload any more when a request is cancelled after its final answer.)"""
 
     def __init__(self, model: str, count: int) -> None:
         self.model = model
         self.pieces: list[list[str]] = [[] for _ in range(count)]
         self.finished = [False] * count
+        self.failure: ClientError | None = None
         self.started = False  # an answer arrived: the stream is not retried after that
 
     @property
@@ -216,7 +233,20 @@ class Texts:
         found = piece(self.model, message)
         self.pieces[found.index].append(found.text)
         self.finished[found.index] |= found.final
+        self.failure = self.failure or found.error
         return found
+
+    def stop_reading(self) -> bool:
+        """After an answer: True when a failure ends the call while requests still run
+        (the caller then cancels them)."""
+        return self.failure is not None and not self.done
+
+    def outcome(self) -> None:
+        """Raise the first failure, or ClientError when the stream ended too early."""
+        if self.failure is not None:
+            raise self.failure
+        if not self.done:
+            raise ClientError(f"{self.model}: the stream ended before every answer")
 
     def ordered(self) -> list[str]:
         return ["".join(pieces) for pieces in self.pieces]

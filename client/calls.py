@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -109,15 +110,54 @@ class ClientOptions:
     retries: int = 3
     retry_backoff_s: float = 0.1
     max_concurrency: int = 8
+    tls: bool = False
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    api_key: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "family", Family(self.family))
+        for name in ("tls_ca", "tls_cert", "tls_key"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value))
+                object.__setattr__(self, "tls", True)
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("a client certificate needs both tls_cert and tls_key")
         if self.timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         if self.retries < 0 or self.max_concurrency < 1:
             raise ValueError("retries must be >= 0 and max_concurrency >= 1")
         if self.retry_backoff_s < 0:
             raise ValueError("retry_backoff_s must be >= 0")
+
+    def credentials(self) -> Any:
+        """gRPC channel credentials for TLS (None: plaintext). Without ``tls_ca`` the
+        system's roots are trusted; ``tls_cert`` and ``tls_key`` identify the client
+        (mutual TLS)."""
+        if not self.tls:
+            return None
+        import grpc
+
+        def read(path: Path | None) -> bytes | None:
+            if path is None:
+                return None
+            try:
+                return path.read_bytes()
+            except OSError as exc:
+                raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+
+        return grpc.ssl_channel_credentials(
+            read(self.tls_ca), read(self.tls_key), read(self.tls_cert)
+        )
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """gRPC metadata of every call: the API key, in the header Triton expects."""
+        if not self.api_key:
+            return ()
+        return (("triton-grpc-protocol-authorization", f"Bearer {self.api_key}"),)
 
     @property
     def models(self) -> EmbeddingModels:

@@ -49,7 +49,11 @@ class Client(ClientBase):
 
     def __init__(self, url: str = "localhost:8001", **options: Any) -> None:
         super().__init__(url, **options)
-        self._channel = grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
+        self._channel = (
+            grpc.secure_channel(url, self._credentials, options=CHANNEL_OPTIONS)
+            if self._credentials
+            else grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
+        )
         self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
         self._pool = ThreadPoolExecutor(
             max_workers=self.options.max_concurrency, thread_name_prefix="vlpserve"
@@ -85,13 +89,14 @@ class Client(ClientBase):
         cached = self._cached(op)
         if cached is not None:
             return cached
-        method, request = unary(op)
-        call = getattr(self._stub, method)
         attempt = 0
         while True:
             timeout = self._remaining(op, deadline, time.monotonic())
+            method, request = unary(op, timeout)
             try:
-                response = call(request, timeout=timeout, metadata=self._metadata)
+                response = getattr(self._stub, method)(
+                    request, timeout=timeout, metadata=self._metadata
+                )
                 return self._remember(op, unary_result(op, response))
             except grpc.RpcError as exc:
                 time.sleep(self._retry_wait(op, exc, attempt, deadline - time.monotonic()))
@@ -111,15 +116,17 @@ class Client(ClientBase):
             try:
                 for message in call:
                     yield texts.add(message)
-                    if texts.done:
-                        return
-                raise ClientError(f"{op.what}: the stream ended before every answer")
+                    if texts.stop_reading():
+                        break
+                texts.outcome()
+                return
             except grpc.RpcError as exc:
                 left = deadline - time.monotonic()
                 time.sleep(self._retry_wait(op, exc, attempt, left, started=texts.started))
                 attempt += 1
             finally:
-                call.cancel()
+                if not texts.done:
+                    call.cancel()
 
     # -- public API -------------------------------------------------------------------------
 

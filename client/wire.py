@@ -19,20 +19,33 @@ from tritonclient.grpc import service_pb2 as pb
 
 from vlpserve.dtypes import from_numpy, from_wire
 from vlpserve.errors import (
+    AuthenticationError,
     ClientError,
     ConfigError,
+    ConnectionSecurityError,
     DeadlineExceeded,
     InvalidInput,
     ModelNotReady,
+    Overloaded,
     ServerUnavailable,
 )
 
-# No size limit on either side of the channel: a label map of a large photo is tens of MB.
-# The server keeps its own limit (README, Serving contract).
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
+    # No size limit on this side: a label map of a large photo is tens of MB. The server
+    # keeps its own (README, Serving contract).
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
+    # A server that comes back (restarted, rescheduled) is found again within a second,
+    # not after gRPC's default backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
 )
+# Triton's refusals, recognised by their text (the status code alone is UNAVAILABLE).
+RESTRICTED = "This protocol is restricted"
+QUEUE_FULL = "Exceeds maximum queue size"
+TIMED_OUT_IN_QUEUE = "Request timeout expired"
+UNLOADED = "has no available versions"
 
 _ITEM = re.compile(r"\bitem (\d+)")
 
@@ -122,12 +135,35 @@ def config_dict(response: pb.ModelConfigResponse) -> dict[str, Any]:
     return dict(json_format.MessageToDict(response.config, preserving_proto_field_name=True))
 
 
-def translate(code: Any, message: str, what: str, offset: int = 0) -> ClientError:
+def translate(
+    code: Any, message: str, what: str, offset: int = 0, *, tls: bool = False
+) -> ClientError:
     """The typed error for a failed call; item numbers shifted by ``offset`` (a chunk's
-    first item) so that they are the caller's."""
+    first item) so that they are the caller's. ``tls``: whether the channel is secure."""
     if offset:
         message = _ITEM.sub(lambda m: f"item {int(m.group(1)) + offset}", message)
     text = f"{what}: {message}"
+    if RESTRICTED in message:
+        return AuthenticationError(
+            f"{what}: the server requires an API key (api_key=...) and refused this call's"
+        )
+    if "andshake failed" in message:
+        return ConnectionSecurityError(
+            f"{what}: the TLS handshake failed ({message.rsplit(': ', 1)[-1]}): "
+            "does the server speak TLS, and does tls_ca hold its issuer?"
+        )
+    if "failed to connect" in message and "Socket closed" in message:
+        need = "a client certificate (tls_cert, tls_key)" if tls else "TLS (tls_ca=...)"
+        return ConnectionSecurityError(
+            f"{what}: the server closed the connection while it was being set up: "
+            f"it probably requires {need}"
+        )
+    if QUEUE_FULL in message:
+        return Overloaded(f"{what}: the server is overloaded ({message})")
+    if TIMED_OUT_IN_QUEUE in message:
+        return DeadlineExceeded(text)
+    if UNLOADED in message:  # the server is stopping (or reloading the model): go elsewhere
+        return ServerUnavailable(text)
     if "unknown model" in message or "is not ready" in message or code == grpc.StatusCode.NOT_FOUND:
         return ModelNotReady(text)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -139,8 +175,8 @@ def translate(code: Any, message: str, what: str, offset: int = 0) -> ClientErro
     return ClientError(text)
 
 
-def rpc_error(exc: grpc.RpcError, what: str, offset: int = 0) -> ClientError:
+def rpc_error(exc: grpc.RpcError, what: str, offset: int = 0, *, tls: bool = False) -> ClientError:
     """The typed error for a grpc failure (a ``grpc.RpcError`` or ``grpc.aio.AioRpcError``)."""
     code = exc.code() if hasattr(exc, "code") else None
     details = exc.details() if hasattr(exc, "details") else None
-    return translate(code, str(details or exc), what, offset)
+    return translate(code, str(details or exc), what, offset, tls=tls)

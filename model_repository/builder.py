@@ -11,7 +11,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from vlpserve.model_repository.runtime.params import (
     FamilyParams,
     GraphParams,
     ImageParams,
+    InputLimits,
     SegmentParams,
     TextParams,
     TokenizerParams,
@@ -83,6 +84,10 @@ class RepositoryOptions:
     encoder_instances: int = 1
     preprocess_instances: int = 1
     max_labels: int = 64  # GroupViT segmentation: labels per request
+    # Requests waiting per model before new ones are refused (Overloaded); 0: no bound.
+    max_queue_size: int = 256
+    queue_timeout_ms: int = 0  # drop requests waiting longer; 0: the caller's deadline only
+    limits: InputLimits = field(default_factory=InputLimits)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
@@ -99,6 +104,8 @@ class RepositoryOptions:
             raise ConfigError("instance counts must be >= 1")
         if not 1 <= self.max_labels <= 1024:
             raise ConfigError(f"max_labels must be in 1..1024, got {self.max_labels}")
+        if self.max_queue_size < 0 or self.queue_timeout_ms < 0:
+            raise ConfigError("max_queue_size and queue_timeout_ms must be >= 0")
 
 
 def tensor_configs(
@@ -149,7 +156,12 @@ class _Renderer:
         self.report = report
         self.export = ExportFolder(options.export_dir)
         self.python = options.runtime is Runtime.PYTHON
-        self.batching = Batching(max_queue_delay_us=options.max_queue_delay_us)
+        self.batching = Batching(
+            max_queue_delay_us=options.max_queue_delay_us,
+            max_queue_size=options.max_queue_size,
+            queue_timeout_us=options.queue_timeout_ms * 1000,
+        )
+        self.limits = dataclasses.asdict(options.limits)  # every raw model's input bounds
 
     def model_folder(self, name: str) -> ModelFolder:
         """``<out>/<name>/1``, emptied."""
@@ -255,6 +267,7 @@ class _Builder(_Renderer):
             logit_scale=self.family.logit_scale,
             max_length=self.report.max_text_length,
             pad_token_id=self.report.pad_token_id,
+            **self.limits,
         )
 
     def tokenizer(self, text_encoder: ModelConfig) -> ModelConfig:
@@ -287,7 +300,7 @@ class _Builder(_Renderer):
             outputs=(pixel_values,),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            parameters=ImageParams(logit_scale=self.family.logit_scale).to_config(),
+            parameters=ImageParams(logit_scale=self.family.logit_scale, **self.limits).to_config(),
         )
 
     def ensemble(
@@ -353,6 +366,7 @@ class _Builder(_Renderer):
             image_model=self.models.image_encoder.name,
             encoder_max_batch_size=self.options.max_batch_size,
             max_labels=self.options.max_labels,
+            **self.limits,
         )
         return ModelConfig(
             name=contract.name,
@@ -441,6 +455,7 @@ class _BlipBuilder(_Renderer):
             bos_token_id=int(self.report.required("bos_token_id")),
             sep_token_id=int(self.report.required("sep_token_id")),
             max_text_length=self.report.max_text_length,
+            **self.limits,
         )
         required = {IMAGE, QUESTION} if self.kind == "vqa" else {IMAGE}
         optional = {t.name for t in contract.inputs} - required if generation else set()

@@ -53,14 +53,21 @@ class TensorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Batching:
-    """Dynamic batching settings."""
+    """Dynamic batching settings, with the queue's policy: at most ``max_queue_size``
+    requests wait (0: no bound), beyond which a request is refused at once; one that waits
+    longer than its timeout (``queue_timeout_us``, or the caller's own deadline, which
+    overrides it) is dropped without being computed."""
 
     max_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0  # 0: only the caller's deadline
 
     def __post_init__(self) -> None:
         if self.max_queue_delay_us < 0:
             raise ConfigError("max_queue_delay_us must be >= 0")
+        if self.max_queue_size < 0 or self.queue_timeout_us < 0:
+            raise ConfigError("max_queue_size and queue_timeout_us must be >= 0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +149,14 @@ class ModelConfig:
         )
         msg.instance_group.add(count=self.instances, kind=kind)
         if self.batching:
-            msg.dynamic_batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us
-            msg.dynamic_batching.preferred_batch_size.extend(self.batching.preferred_batch_sizes)
+            batching = msg.dynamic_batching
+            batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us
+            batching.preferred_batch_size.extend(self.batching.preferred_batch_sizes)
+            policy = batching.default_queue_policy
+            policy.timeout_action = pb.ModelQueuePolicy.REJECT
+            policy.allow_timeout_override = True
+            policy.max_queue_size = self.batching.max_queue_size
+            policy.default_timeout_microseconds = self.batching.queue_timeout_us
         for accel in self.gpu_accelerators:
             item = msg.optimization.execution_accelerators.gpu_execution_accelerator.add(
                 name=accel.name

@@ -1,13 +1,18 @@
-"""Launch the real tritonserver binary and wait until it serves.
+"""Launch the real tritonserver binary, wait until it serves, keep it healthy, stop it.
 
 By default the binary comes from the nvidia-pytriton wheel, whose Python backend needs the
 stub built for the running Python copied beside it and the interpreter's LIBDIR on
 LD_LIBRARY_PATH. The stub finds its packages through the first ``python3`` on PATH, so the
 running interpreter's bin folder goes first there.
+
+tritonserver dies with the process that launched it (Linux: the parent-death signal), so a
+killed ``vlpserve serve`` leaves no server holding its ports; its stubs exit with it. Models
+are loaded once at start (explicit model control): callers cannot load or unload them.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import logging
 import os
@@ -22,8 +27,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from vlpserve.errors import ServeError
+from vlpserve.serve.security import Security
+from vlpserve.serve.supervisor import StubWatch, memory, metrics_text, outstanding
 
 logger = logging.getLogger(__name__)
 
@@ -64,18 +72,40 @@ def prepare_backends(root: Path, cache: Path) -> Path:
     return target
 
 
+PR_SET_PDEATHSIG = 1
+BIND_RETRIES = 3  # free ports can be taken between choosing them and tritonserver binding
+
+
+def _die_with_parent(parent: int) -> Any:
+    """A preexec function: the child gets SIGKILL when ``parent`` dies (Linux)."""
+
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
+
+    return arm if sys.platform.startswith("linux") else None
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process serving ``repository``; a context manager.
 
-    Ports default to free ones. ``tritonserver`` names another installation's binary (an
-    NGC container's), whose own backends are then used.
+    Ports default to free ones. ``security`` says where it listens (127.0.0.1 by default),
+    with which TLS and API key. ``grace_s`` bounds a stop: in-flight requests finish, new
+    ones are refused. With ``supervise``, a model whose stub process dies is reloaded
+    (``StubWatch``); ``healthy()`` turns False when that fails. ``tritonserver`` names
+    another installation's binary (an NGC container's), whose own backends are then used.
     """
 
     repository: Path
     grpc_port: int = 0
     http_port: int = 0
     metrics_port: int = 0
+    security: Security = field(default_factory=Security)
+    grace_s: float = 30.0
+    supervise: bool = True
     tritonserver: Path | None = None
     startup_timeout_s: float = 180.0
     log_verbose: int = 0
@@ -83,24 +113,35 @@ class TritonServer:
     log_path: Path | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
+    _watch: StubWatch | None = field(default=None, init=False, repr=False)
+    _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.repository = Path(self.repository).resolve()
-        self.grpc_port = self.grpc_port or free_port()
-        self.http_port = self.http_port or free_port()
-        self.metrics_port = self.metrics_port or free_port()
+        self._chosen = tuple(
+            name for name in ("grpc_port", "http_port", "metrics_port") if not getattr(self, name)
+        )
+        self._choose_ports()
+
+    def _choose_ports(self) -> None:
+        for name in self._chosen:
+            setattr(self, name, free_port())
 
     @property
     def grpc_url(self) -> str:
-        return f"localhost:{self.grpc_port}"
+        return f"{self.security.dial_host}:{self.grpc_port}"
 
     @property
     def http_url(self) -> str:
-        return f"localhost:{self.http_port}"
+        return f"{self.security.dial_host}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://localhost:{self.metrics_port}/metrics"
+        return f"http://{self.security.dial_host}:{self.metrics_port}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def command(self, backends: Path | None) -> list[str]:
         binary = self.tritonserver or pytriton_root() / "bin" / "tritonserver"
@@ -111,9 +152,12 @@ class TritonServer:
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
             f"--log-verbose={self.log_verbose}",
+            "--model-control-mode=explicit",
+            "--load-model=*",
             "--exit-on-error=true",
             "--strict-readiness=true",
-            "--exit-timeout-secs=10",
+            f"--exit-timeout-secs={max(1, round(self.grace_s))}",
+            *self.security.arguments(),
         ]
         if backends:
             args.append(f"--backend-directory={backends}")
@@ -129,7 +173,28 @@ class TritonServer:
             libdirs.append(str(pytriton_root().parent.parent / "nvidia_pytriton.libs"))
         libdirs.append(env.get("LD_LIBRARY_PATH", ""))
         env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in libdirs if p)
+        if self._workdir is not None:  # generation models stop admitting while it exists
+            env["VLPSERVE_DRAIN_FILE"] = str(self._drain_file)
         return env
+
+    @property
+    def _drain_file(self) -> Path:
+        return Path(self._workdir.name if self._workdir else ".") / "draining"
+
+    def drain(self, timeout_s: float) -> bool:
+        """Stop generation models taking new requests and wait until the ones they took
+        have had their final responses (Triton waits for other models' requests itself,
+        not for a decoupled model's). True when nothing is left."""
+        self._drain_file.touch()
+        deadline = time.monotonic() + timeout_s
+        while self.running():
+            if outstanding(metrics_text(self.metrics_url)) == 0:
+                return True
+            if time.monotonic() >= deadline:
+                logger.warning("generation requests still in flight after %.0f s", timeout_s)
+                return False
+            time.sleep(0.1)
+        return True
 
     def start(self) -> TritonServer:
         """Start the server and block until it is ready (ServeError on failure)."""
@@ -138,69 +203,121 @@ class TritonServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="vlpserve-triton-")
         workdir = Path(self._workdir.name)
         backends = None if self.tritonserver else prepare_backends(pytriton_root(), workdir)
-        self.log_path = self.log_path or workdir / "tritonserver.log"
-        log = self.log_path.open("wb")
+        log_path = self.log_path = self.log_path or workdir / "tritonserver.log"
+        try:
+            for attempt in range(BIND_RETRIES + 1):
+                self._launch(backends, log_path)
+                if self._wait_ready():
+                    break
+                if not self._chosen or attempt == BIND_RETRIES:
+                    raise ServeError("tritonserver could not bind its ports:\n" + self.log_tail())
+                logger.info("a chosen port was taken meanwhile: choosing others")
+                self._choose_ports()
+            if self.supervise and self._process is not None:
+                self._watch = StubWatch(self._process.pid, self.restart_model, self.serving)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _launch(self, backends: Path | None, log_path: Path) -> None:
+        log = log_path.open("wb")
         logger.info("starting tritonserver on gRPC %s", self.grpc_url)
         self._process = subprocess.Popen(
             self.command(backends),
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.environment(),
-            start_new_session=True,
+            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, not Triton
+            preexec_fn=_die_with_parent(os.getpid()),
         )
         log.close()
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
-    def _wait_ready(self) -> None:
-        import tritonclient.grpc as grpcclient
-
+    def _wait_ready(self) -> bool:
+        """True once ready; False when tritonserver exited because a port was taken."""
         process = self._process
         if process is None:
             raise ServeError("tritonserver was not started")
-        client = grpcclient.InferenceServerClient(self.grpc_url)
         deadline = time.monotonic() + self.startup_timeout_s
-        try:
+        with self.admin() as admin:
             while time.monotonic() < deadline:
                 if process.poll() is not None:
+                    if "already in use" in self.log_tail():
+                        return False
                     raise ServeError(
                         f"tritonserver exited with code {process.returncode}:\n" + self.log_tail()
                     )
-                try:
-                    if client.is_server_ready(client_timeout=2):
-                        return
-                except Exception:  # not listening yet
-                    pass
+                if admin.ready(timeout_s=2):
+                    return True
                 time.sleep(0.25)
-        finally:
-            client.close()
         raise ServeError(
             f"tritonserver not ready after {self.startup_timeout_s:.0f} s:\n" + self.log_tail()
         )
 
+    def admin(self) -> _Admin:
+        """A gRPC connection for the launcher's own calls (readiness, model reloads)."""
+        return _Admin(self.grpc_url, self.security)
+
+    def restart_model(self, model: str) -> None:
+        """Reload ``model`` (its stub died): Triton reloads only a changed config, so the
+        override carries a restart count."""
+        with self.admin() as admin:
+            admin.reload(model)
+
+    def serving(self) -> bool:
+        """Running and ready (False while it shuts down)."""
+        if not self.running():
+            return False
+        with self.admin() as admin:
+            return admin.ready(timeout_s=2)
+
+    def healthy(self) -> bool:
+        """Running, and every model's stub alive or reloaded."""
+        return self.running() and not (self._watch and self._watch.failure)
+
+    @property
+    def restarts(self) -> list[str]:
+        """Models reloaded because their stub died, in order."""
+        return list(self._watch.restarts) if self._watch else []
+
+    def failure(self) -> str | None:
+        """Why the server is not healthy, if it is not."""
+        if self._watch and self._watch.failure:
+            return self._watch.failure
+        if self._process is not None and self._process.poll() is not None:
+            return f"tritonserver exited with code {self._process.returncode}"
+        return None
+
+    def memory(self) -> dict[str, int]:
+        """Resident bytes of tritonserver and of each of its stubs."""
+        return memory(self._process.pid) if self._process is not None else {}
+
     def log_tail(self, lines: int = 40) -> str:
         if not self.log_path or not self.log_path.exists():
             return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return self.security.redact(tail)
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, wait, then SIGKILL; returns the exit code."""
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """Drain generation, then SIGTERM (in-flight requests finish, new ones are
+        refused), wait up to the grace time, then SIGKILL; returns the exit code."""
+        if self._watch is not None:
+            self._watch.stop()  # the stubs leave during shutdown: no reloads now
+            self._watch = None
+        if self.running():
+            self.drain(0.75 * self.grace_s)
         process, self._process = self._process, None
         code = None
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=timeout_s)
+                    process.wait(timeout=timeout_s if timeout_s is not None else self.grace_s + 15)
                 except subprocess.TimeoutExpired:
-                    logger.warning("tritonserver did not stop in %.0f s: killing it", timeout_s)
+                    logger.warning("tritonserver did not stop in time: killing it")
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
             code = process.returncode
@@ -221,3 +338,49 @@ class TritonServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+class _Admin:
+    """The launcher's gRPC calls to its own server: health, and model reloads with the
+    model-repository key only it holds."""
+
+    def __init__(self, url: str, security: Security) -> None:
+        import grpc
+        from tritonclient.grpc import service_pb2_grpc
+
+        credentials = security.channel_credentials()
+        self.security = security
+        self.channel = (
+            grpc.secure_channel(url, credentials) if credentials else grpc.insecure_channel(url)
+        )
+        self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
+
+    def ready(self, timeout_s: float) -> bool:
+        import grpc
+        from tritonclient.grpc import service_pb2 as pb
+
+        try:
+            return bool(self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready)
+        except grpc.RpcError:
+            return False  # not listening yet
+
+    def reload(self, model: str, timeout_s: float = 300) -> None:
+        from google.protobuf import json_format
+        from tritonclient.grpc import service_pb2 as pb
+
+        found = self.stub.ModelConfig(
+            pb.ModelConfigRequest(name=model), timeout=30, metadata=self.security.metadata()
+        ).config
+        restarts = found.parameters["vlpserve_restarts"]
+        restarts.string_value = str(int(restarts.string_value or "0") + 1)
+        request = pb.RepositoryModelLoadRequest(model_name=model)
+        request.parameters["config"].string_param = json_format.MessageToJson(found)
+        self.stub.RepositoryModelLoad(
+            request, timeout=timeout_s, metadata=self.security.metadata(admin=True)
+        )
+
+    def __enter__(self) -> _Admin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.channel.close()

@@ -188,3 +188,32 @@ def photos() -> dict[str, bytes]:
     from vlpserve.export.samples import photo_bytes
 
     return photo_bytes()
+
+
+@pytest.fixture(scope="session")
+def clip_repo(clip_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with CLIP alone: quick to start, for tests that start servers of their own."""
+    return _repo([clip_export], tmp_path_factory.mktemp("repo-clip"), Runtime.PYTHON)
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files made at run time: a CA, a server certificate for localhost and 127.0.0.1,
+    a client certificate from the same CA, and another CA that signed none of them."""
+    import trustme
+
+    folder = tmp_path_factory.mktemp("tls")
+    ca, other = trustme.CA(), trustme.CA()
+    server = ca.issue_cert("localhost", "127.0.0.1", "127.0.0.2")
+    client = ca.issue_cert("client.example")
+    files = {
+        "ca": ca.cert_pem,
+        "other_ca": other.cert_pem,
+        "server_cert": server.cert_chain_pems[0],
+        "server_key": server.private_key_pem,
+        "client_cert": client.cert_chain_pems[0],
+        "client_key": client.private_key_pem,
+    }
+    for name, blob in files.items():
+        blob.write_to_path(folder / f"{name}.pem")
+    return {name: folder / f"{name}.pem" for name in files}

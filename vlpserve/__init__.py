@@ -6,12 +6,15 @@ and ``vlpserve.benchmarks``.
 """
 
 from vlpserve.errors import (
+    AuthenticationError,
     ClientError,
     ConfigError,
+    ConnectionSecurityError,
     DeadlineExceeded,
     ExportError,
     InvalidInput,
     ModelNotReady,
+    Overloaded,
     ParityError,
     RepositoryError,
     ServeError,
@@ -22,12 +25,15 @@ from vlpserve.errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "AuthenticationError",
     "ClientError",
     "ConfigError",
+    "ConnectionSecurityError",
     "DeadlineExceeded",
     "ExportError",
     "InvalidInput",
     "ModelNotReady",
+    "Overloaded",
     "ParityError",
     "RepositoryError",
     "ServeError",

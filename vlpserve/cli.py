@@ -47,6 +47,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_repo_build(args: argparse.Namespace) -> int:
     from vlpserve.model_repository import RepositoryOptions, build_repository
+    from vlpserve.model_repository.runtime.params import InputLimits
 
     names = build_repository(
         RepositoryOptions(
@@ -59,6 +60,13 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             encoder_instances=args.encoder_instances,
             preprocess_instances=args.preprocess_instances,
             max_labels=args.max_labels,
+            max_queue_size=args.max_queue_size,
+            queue_timeout_ms=args.queue_timeout_ms,
+            limits=InputLimits(
+                max_image_bytes=args.max_image_bytes,
+                max_image_pixels=args.max_image_pixels,
+                max_text_bytes=args.max_text_bytes,
+            ),
         )
     )
     print(f"{args.out}: {', '.join(names)}")
@@ -74,30 +82,44 @@ def cmd_repo_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from vlpserve.serve import TritonServer
+    from vlpserve.serve import Security, TritonServer, api_key_from
 
+    security = Security(
+        host=args.host,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        api_key=api_key_from(args.api_key_file),
+        http=not args.no_http,
+    )
     server = TritonServer(
         args.repo,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
+        security=security,
+        grace_s=args.grace_seconds,
         tritonserver=args.tritonserver,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    with server:
-        print(f"gRPC     {server.grpc_url}")
-        print(f"HTTP     {server.http_url}")
+    server.start()
+    try:
+        print(f"gRPC     {server.grpc_url}{' (TLS)' if security.tls else ''}")
+        print(f"HTTP     {server.http_url if security.http else 'off'}")
         print(f"metrics  {server.metrics_url}")
-        print("serving; Ctrl-C stops", flush=True)
-        while not stop.wait(1.0):
-            if not server.running():
+        print(f"API key  {'required' if security.api_key else 'none'}")
+        print("serving; Ctrl-C or SIGTERM stops", flush=True)
+        while not stop.wait(0.5):
+            if not server.healthy():
                 print(server.log_tail(), file=sys.stderr)
-                print("vlpserve: error: tritonserver exited", file=sys.stderr)
+                print(f"vlpserve: error: {server.failure()}", file=sys.stderr)
                 return 1
-    print("stopped")
-    return 0
+    finally:
+        code = server.stop()
+    print(f"stopped (tritonserver exit code {code})", flush=True)
+    return 0 if code == 0 else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -176,6 +198,23 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--encoder-instances", type=int, default=1)
     build.add_argument("--preprocess-instances", type=int, default=1)
     build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")
+    build.add_argument(
+        "--max-queue-size",
+        type=int,
+        default=256,
+        help="requests waiting per model before new ones are refused (0: no bound)",
+    )
+    build.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        default=0,
+        help="drop requests waiting longer (0: only the caller's own deadline)",
+    )
+    build.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="per image")
+    build.add_argument(
+        "--max-image-pixels", type=int, default=40_000_000, help="per image, from its header"
+    )
+    build.add_argument("--max-text-bytes", type=int, default=65_536, help="per text (UTF-8)")
     build.set_defaults(func=cmd_repo_build)
     validate = repo_sub.add_parser("validate", help="check configs against graphs and contract")
     validate.add_argument("repo", type=Path)
@@ -183,9 +222,30 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run tritonserver on a repository")
     serve.add_argument("repo", type=Path)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="listening address (0.0.0.0: every interface)"
+    )
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--http-port", type=int, default=8000)
     serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--no-http", action="store_true", help="no HTTP endpoint")
+    serve.add_argument("--tls-cert", type=Path, default=None, help="PEM: gRPC over TLS")
+    serve.add_argument("--tls-key", type=Path, default=None, help="PEM: its private key")
+    serve.add_argument(
+        "--tls-ca", type=Path, default=None, help="PEM: require client certificates it signed"
+    )
+    serve.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="callers must present this key (default: $VLPSERVE_API_KEY, if set)",
+    )
+    serve.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="on SIGTERM, in-flight requests get this long to finish",
+    )
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.set_defaults(func=cmd_serve)
 

@@ -197,6 +197,9 @@ ITC_SCORE = "ITC_SCORE"
 # Stream (decoupled) errors reach gRPC clients as text without a status code: the server
 # starts invalid-input messages with this, after "[request id: <id>] ".
 STREAM_INVALID_INPUT = "invalid input: "
+# ... and refusals of an overloaded or stopping generation model with these.
+STREAM_OVERLOADED = "overloaded: "
+STREAM_STOPPING = "stopping: "
 
 BLIP_GRAPHS: dict[str, tuple[str, ...]] = {
     "caption": ("vision_encoder", "decoder_first", "decoder_step"),

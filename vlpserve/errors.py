@@ -54,6 +54,19 @@ class ServerUnavailable(ClientError):
     """The server cannot be reached (after the configured retries)."""
 
 
+class Overloaded(ServerUnavailable):
+    """The server's queue for the model is full: the request was refused at once. Retried
+    with backoff while the call's deadline allows."""
+
+
+class AuthenticationError(ClientError):
+    """The server requires an API key and the call sent none, or a wrong one. Never retried."""
+
+
+class ConnectionSecurityError(ClientError):
+    """TLS on one side only, or a certificate the other side does not trust. Never retried."""
+
+
 class ModelNotReady(ClientError):
     """The server is up but the model asked for is not loaded or not ready."""
 

@@ -23,6 +23,7 @@ from vlpserve.model_repository.runtime.triton import (
     ModelArgs,
     internal_error,
     invalid_argument,
+    request_arrays,
     response,
 )
 
@@ -58,6 +59,10 @@ class BatchedModel(Generic[Item]):
 
     def parse(self, request: Any) -> Item:
         raise NotImplementedError
+
+    def arrays(self, request: Any) -> dict[str, np.ndarray | None]:
+        """The request's inputs by name (see runtime.inputs)."""
+        return request_arrays(request, self.args.inputs)
 
     def run(self, items: list[Item]) -> Sequence[Outputs | Exception]:
         raise NotImplementedError

@@ -9,9 +9,8 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
-from vlpserve.model_repository.runtime.text import decode_texts
+from vlpserve.model_repository.runtime.params import InputLimits
 
 
 def feeds_for(graph: Any, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,26 +83,6 @@ class BlipText:
         return str(self.tokenizer.decode(ids, skip_special_tokens=True))
 
 
-def load_images(preprocessor_file: Path) -> ImagePreprocessing:
+def load_images(preprocessor_file: Path, limits: InputLimits | None = None) -> ImagePreprocessing:
     """BLIP's image pre-processing (384 px resize, normalisation) from its config file."""
-    return ImagePreprocessing.from_file(preprocessor_file)
-
-
-def one_text(array: np.ndarray | None, name: str, default: str | None = None) -> str | None:
-    """The single UTF-8 text of an optional BYTES input, with errors naming the input."""
-    if array is None or array.size == 0:
-        return default
-    if array.size != 1:
-        raise InvalidRequest(f"{name}: send one text per request, got {array.size}")
-    try:
-        return decode_texts(array.reshape(-1).tolist())[0]
-    except InputItemError as exc:
-        raise named(name, exc) from exc
-
-
-def one_number(array: np.ndarray | None, name: str, default: float) -> float:
-    if array is None or array.size == 0:
-        return default
-    if array.size != 1:
-        raise InvalidRequest(f"{name}: send one value, got {array.size}")
-    return float(array.reshape(-1)[0])
+    return ImagePreprocessing.from_file(preprocessor_file, limits=limits)

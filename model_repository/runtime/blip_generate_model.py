@@ -4,13 +4,17 @@ Decoupled: ``execute`` hands each request to a small admission pool (decode the 
 the vision encoder, tokenize the prompt or encode the question) and returns at once; the
 generation engine decodes every admitted request in one batch and sends responses as
 tokens arrive (``STREAM``) or once at the end. A cancelled request leaves the batch at the
-next step.
+next step. Every request gets exactly one final response: its text, or its error (bad input,
+overload, shutdown).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,38 +22,26 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vlpserve.contract import (
-    IMAGE,
     IMAGE_EMBEDS,
-    MAX_NEW_TOKENS,
-    NUM_BEAMS,
     PIXEL_VALUES,
-    PROMPT,
-    QUESTION,
-    REPETITION_PENALTY,
-    STREAM,
     STREAM_INVALID_INPUT,
+    STREAM_OVERLOADED,
+    STREAM_STOPPING,
     TEXT,
 )
-from vlpserve.model_repository.runtime.blip_common import (
-    BlipText,
-    load_images,
-    one_number,
-    one_text,
-    question_states,
-)
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
-from vlpserve.model_repository.runtime.generation import (
-    DecoderGraphs,
-    Engine,
-    GenerationParams,
-    Job,
-)
+from vlpserve.model_repository.runtime.blip_common import BlipText, load_images, question_states
+from vlpserve.model_repository.runtime.errors import InvalidRequest
+from vlpserve.model_repository.runtime.generation import DecoderGraphs, Engine, Job
+from vlpserve.model_repository.runtime.inputs import generation_request
 from vlpserve.model_repository.runtime.params import BlipGenerateParams
-from vlpserve.model_repository.runtime.triton import ModelArgs, PhaseMetrics, optional_array
+from vlpserve.model_repository.runtime.triton import ModelArgs, PhaseMetrics, request_arrays
 
 logger = logging.getLogger(__name__)
 
 FINAL = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+SHUTTING_DOWN = "the server is shutting down"
+# While this file exists the model takes no new request (the launcher drains the server).
+DRAIN_FILE = os.environ.get("VLPSERVE_DRAIN_FILE", "")
 
 
 def _text_response(text: str) -> Any:
@@ -59,13 +51,14 @@ def _text_response(text: str) -> Any:
 
 
 class _Reply:
-    """Sends one request's responses: pieces while streaming, the text at the end."""
+    """Sends one request's responses: pieces while streaming, then exactly one final one
+    (``finished`` is told when it has gone)."""
 
-    def __init__(self, request: Any, text: BlipText, stream: bool) -> None:
-        self.sender = request.get_response_sender()
-        self.request = request
+    def __init__(self, request: Any, text: BlipText, finished: Callable[[], None]) -> None:
+        self.sender: Any = request.get_response_sender()
         self.text = text
-        self.stream = stream
+        self.finished = finished
+        self.stream = False
         self.ids: list[int] = []  # the prompt, then every generated token
         self.sent = ""
         request_id = request.request_id()
@@ -73,11 +66,11 @@ class _Reply:
         self.prefix = f"[request id: {request_id}] " if request_id else ""
 
     def cancelled(self) -> bool:
-        return bool(self.sender.is_cancelled())
+        return self.sender is None or bool(self.sender.is_cancelled())
 
     def tokens(self, tokens: list[int]) -> None:
         self.ids += tokens
-        if not self.stream:
+        if not self.stream or self.sender is None:
             return
         text = self.text.decode(self.ids)
         if text.startswith(self.sent) and len(text) > len(self.sent):
@@ -85,32 +78,39 @@ class _Reply:
             self.sent = text
 
     def done(self, ids: list[int] | None, error: str | None) -> None:
+        if error is not None:
+            cancelled = error == "cancelled"
+            code = pb_utils.TritonError.CANCELLED if cancelled else pb_utils.TritonError.INTERNAL
+            self._final(
+                pb_utils.InferenceResponse(error=pb_utils.TritonError(self.prefix + error, code))
+            )
+            return
+        text = self.text.decode(ids or [])
+        if not self.stream:
+            self._final(_text_response(text))
+        elif text.startswith(self.sent) and len(text) > len(self.sent):
+            self._final(_text_response(text[len(self.sent) :]))
+        else:  # a final response with an (empty) TEXT: clients need no empty-final flag
+            self._final(_text_response(""))
+
+    def refuse(self, prefix: str, message: str, code: Any) -> None:
+        """A final error whose text the client recognises (stream errors carry no code)."""
+        error = pb_utils.TritonError(self.prefix + prefix + message, code)
+        self._final(pb_utils.InferenceResponse(error=error))
+
+    def _final(self, response: Any) -> None:
+        sender, self.sender = self.sender, None
+        if sender is None:
+            return  # already final
         try:
-            if error is not None:
-                code = (
-                    pb_utils.TritonError.CANCELLED
-                    if error == "cancelled"
-                    else pb_utils.TritonError.INTERNAL
-                )
-                response = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(self.prefix + error, code)
-                )
-                self.sender.send(response, flags=FINAL)
-                return
-            text = self.text.decode(ids or [])
-            if not self.stream:
-                self.sender.send(_text_response(text), flags=FINAL)
-            elif text.startswith(self.sent) and len(text) > len(self.sent):
-                self.sender.send(_text_response(text[len(self.sent) :]), flags=FINAL)
-            else:  # a final response with an (empty) TEXT: clients need no empty-final flag
-                self.sender.send(_text_response(""), flags=FINAL)
+            sender.send(response, flags=FINAL)
         except Exception:  # the client may be gone (cancelled): nothing left to tell it
             logger.info("could not send the final response", exc_info=True)
-
-    def invalid(self, message: str) -> None:
-        text = self.prefix + STREAM_INVALID_INPUT + message
-        error = pb_utils.TritonError(text, pb_utils.TritonError.INVALID_ARG)
-        self.sender.send(pb_utils.InferenceResponse(error=error), flags=FINAL)
+        finally:
+            # The sender holds the model: Triton unloads it (at shutdown too) only once
+            # every sender is gone, cancelled requests' included.
+            del sender
+            self.finished()
 
 
 class TritonPythonModel:
@@ -119,16 +119,16 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         model = ModelArgs(args)
         self.name = model.name
+        self.inputs = model.inputs
         folder = model.folder
-        params = model.params(BlipGenerateParams)
-        self.kind = params.kind
-        self.bos = params.bos_token_id
-        self.max_length = params.max_text_length
+        self.params = params = model.params(BlipGenerateParams)
         self.text = BlipText(folder.tokenizer_file)
-        self.images = load_images(folder.preprocessor_file)
+        self.images = load_images(folder.preprocessor_file, params.limits)
         self.vision = model.session(folder.graph("vision_encoder"), params)
         self.question_encoder = (
-            model.session(folder.graph("question_encoder"), params) if self.kind == "vqa" else None
+            model.session(folder.graph("question_encoder"), params)
+            if params.kind == "vqa"
+            else None
         )
         graphs = DecoderGraphs(
             model.session(folder.graph("decoder_first"), params),
@@ -145,83 +145,74 @@ class TritonPythonModel:
         self.pool = ThreadPoolExecutor(
             max_workers=params.admission_threads, thread_name_prefix="admit"
         )
+        self.closing = False
+        self.lock = threading.Lock()
+        self.outstanding = 0  # requests that have not had their final response
 
     def execute(self, requests: list[Any]) -> None:
+        """Hands each request to the admission pool and returns at once. Requests beyond
+        ``max_pending`` are refused as overloaded; while the server drains (the launcher
+        stops it), new requests are refused as stopping and the others finish."""
+        draining = bool(DRAIN_FILE) and os.path.exists(DRAIN_FILE)
         for request in requests:
-            self.pool.submit(self._admit, request)
+            with self.lock:
+                full = self.outstanding >= self.params.max_pending
+                admitted = not (full or draining)
+                self.outstanding += admitted
+            if not admitted:
+                reply = _Reply(request, self.text, lambda: None)
+                unavailable = pb_utils.TritonError.UNAVAILABLE
+                if draining:
+                    stopping = "the server is stopping"
+                    self.pool.submit(reply.refuse, STREAM_STOPPING, stopping, unavailable)
+                else:
+                    waiting = f"{self.params.max_pending} requests are already waiting or decoding"
+                    self.pool.submit(reply.refuse, STREAM_OVERLOADED, waiting, unavailable)
+                continue
+            self.pool.submit(self._admit, request, _Reply(request, self.text, self._finished))
         return None
 
-    def _params(self, request: Any) -> GenerationParams:
-        try:
-            return GenerationParams(
-                max_new_tokens=int(
-                    one_number(optional_array(request, MAX_NEW_TOKENS), MAX_NEW_TOKENS, 30)
-                ),
-                num_beams=int(one_number(optional_array(request, NUM_BEAMS), NUM_BEAMS, 1)),
-                repetition_penalty=one_number(
-                    optional_array(request, REPETITION_PENALTY), REPETITION_PENALTY, 1.0
-                ),
-            )
-        except ValueError as exc:  # GenerationParams' range checks
-            message = str(exc)
-            for name in (MAX_NEW_TOKENS, NUM_BEAMS, REPETITION_PENALTY):
-                message = message.replace(name.lower(), name)
-            raise InvalidRequest(message) from exc
+    def _finished(self) -> None:
+        with self.lock:
+            self.outstanding -= 1
+            count = self.outstanding
+        self.metrics.outstanding(count)  # off the lock and off execute's thread: it is IPC
 
-    def _prompt(self, request: Any, params: GenerationParams) -> tuple[list[int], list[int]]:
-        """The decoder's prompt ids, and the question's ids (VQA; empty for captions)."""
-        if self.kind == "caption":
-            prompt = one_text(optional_array(request, PROMPT), PROMPT)
-            ids = self.text.encode(prompt) if prompt else [self.bos, 0]
-            ids = [self.bos, *ids[1:-1]]  # [DEC] replaces [CLS]; the prompt's [SEP] goes
-            what, length, question_ids = PROMPT, len(ids), []
-        else:
-            question = one_text(optional_array(request, QUESTION), QUESTION)
-            if not question:
-                raise InvalidRequest(f"{QUESTION} is missing or empty")
-            question_ids = self.text.encode(question)
-            ids, what, length = [self.bos], QUESTION, len(question_ids)
-        if length + params.max_new_tokens > self.max_length:
-            raise InvalidRequest(
-                f"{what} is {length} tokens: with {MAX_NEW_TOKENS} "
-                f"{params.max_new_tokens} it exceeds the model's {self.max_length} positions"
-            )
-        return ids, question_ids
-
-    def _admit(self, request: Any) -> None:
-        reply = _Reply(request, self.text, stream=False)
+    def _admit(self, request: Any, reply: _Reply) -> None:
+        self.metrics.outstanding(self.outstanding)
+        if self.closing:
+            reply.done(None, SHUTTING_DOWN)
+            return
         try:
-            reply.stream = bool(one_number(optional_array(request, STREAM), STREAM, 0.0))
-            params = self._params(request)
-            images = optional_array(request, IMAGE)
-            if images is None or images.size != 1:
-                raise InvalidRequest(f"{IMAGE}: send one image per request")
-            try:
-                image = self.images.decode(bytes(images.reshape(-1)[0]), 0)
-            except InputItemError as exc:
-                raise named(IMAGE, exc) from exc
-            ids, question_ids = self._prompt(request, params)
+            parsed = generation_request(
+                request_arrays(request, self.inputs),
+                kind=self.params.kind,
+                encode=self.text.encode,
+                steps=self.images,
+                bos=self.params.bos_token_id,
+                max_length=self.params.max_text_length,
+            )
+            reply.stream = parsed.stream
             started = time.perf_counter()
-            pixels = self.images(image)[None]
+            pixels = self.images(parsed.image)[None]
             (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
             states = embeds[0]
             if self.question_encoder is not None:
-                states = question_states(self.question_encoder, question_ids, embeds)
+                states = question_states(self.question_encoder, parsed.question, embeds)
             self.metrics.observe("encode", time.perf_counter() - started, 1)
         except InvalidRequest as exc:
-            reply.invalid(str(exc))
+            reply.refuse(STREAM_INVALID_INPUT, str(exc), pb_utils.TritonError.INVALID_ARG)
             return
         except Exception as exc:  # unexpected: the log has the traceback, the caller an id
-            request_id = request.request_id() or "-"
-            logger.exception("%s: admission of request %s failed", self.name, request_id)
+            logger.exception("%s: admission of %s failed", self.name, reply.prefix or "a request")
             reply.done(None, f"internal error ({type(exc).__name__}); see the server log")
             return
-        reply.ids = list(ids)
+        reply.ids = list(parsed.prompt)
         self.engine.submit(
             Job(
-                prompt=ids,
+                prompt=parsed.prompt,
                 states=states,
-                params=params,
+                params=parsed.params,
                 on_tokens=reply.tokens,
                 on_done=reply.done,
                 cancelled=reply.cancelled,
@@ -229,5 +220,16 @@ class TritonPythonModel:
         )
 
     def finalize(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.engine.close()
+        """Called when the model is unloaded. Triton does not wait for a decoupled model's
+        requests, so the launcher drains generation before it stops the server; what is
+        left when the model goes (the grace time spent, or a server stopped another way)
+        gets a final error, tried for a moment only: responses may no longer leave then."""
+        self.closing = True
+
+        def close() -> None:
+            self.pool.shutdown(wait=True)
+            self.engine.close(SHUTTING_DOWN)
+
+        closing = threading.Thread(target=close, name="close", daemon=True)
+        closing.start()
+        closing.join(timeout=2.0)

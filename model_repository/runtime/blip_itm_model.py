@@ -11,13 +11,12 @@ from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import IMAGE, ITC_SCORE, ITM_SCORE, TEXT
+from vlpserve.contract import ITC_SCORE, ITM_SCORE
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
 from vlpserve.model_repository.runtime.blip_common import BlipText, load_images, match_scores
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
 from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
+from vlpserve.model_repository.runtime.inputs import pairs
 from vlpserve.model_repository.runtime.params import BlipParams
-from vlpserve.model_repository.runtime.triton import input_array, input_texts
 
 Pairs = tuple[list[np.ndarray], list[str]]
 
@@ -29,7 +28,7 @@ class TritonPythonModel(BatchedModel[Pairs]):
         params = self.args.params(BlipParams)
         folder = self.args.folder
         self.text = BlipText(folder.tokenizer_file)
-        self.images = load_images(folder.preprocessor_file)
+        self.images = load_images(folder.preprocessor_file, params.limits)
 
         self.vision, self.itm, self.text_feat = (
             self.args.session(folder.graph(name), params)
@@ -38,15 +37,7 @@ class TritonPythonModel(BatchedModel[Pairs]):
         self.parse_pool = decode_pool(0)
 
     def parse(self, request: Any) -> Pairs:
-        images = input_array(request, IMAGE).reshape(-1).tolist()
-        texts = input_texts(request, TEXT)
-        if len(images) != len(texts):
-            raise InvalidRequest(f"{IMAGE} and {TEXT} hold {len(images)} and {len(texts)} items")
-        try:
-            pixels = [self.images.preprocess(bytes(item), i) for i, item in enumerate(images)]
-        except InputItemError as exc:
-            raise named(IMAGE, exc) from exc
-        return pixels, texts
+        return pairs(self.arrays(request), self.images)
 
     def run(self, items: list[Pairs]) -> Sequence[Outputs | Exception]:
         pixels = np.stack([p for item_pixels, _ in items for p in item_pixels])

@@ -358,6 +358,7 @@ class Engine:
         self.groups: dict[int, _Group] = {}
         self.steps = 0  # decoder step calls, for tests and statistics
         self.max_batch_rows = 0
+        self._unadmitted: list[Job] = []  # taken from the queue when the engine closed
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
 
@@ -365,9 +366,24 @@ class Engine:
         job.search = make_search(job.prompt, job.params, self.eos)
         self.pending.put(job)
 
-    def close(self) -> None:
+    def close(self, reason: str = "the engine was closed") -> None:
+        """Stop decoding; every job not finished yet gets ``reason`` as its error."""
         self.pending.put(None)
         self._thread.join(timeout=10)
+        for group in self.groups.values():
+            for job in group.jobs:
+                job.on_done(None, reason)
+        self.groups.clear()
+        for job in self._unadmitted:
+            job.on_done(None, reason)
+        self._unadmitted = []
+        while True:
+            try:
+                waiting = self.pending.get_nowait()
+            except queue.Empty:
+                break
+            if waiting is not None:
+                waiting.on_done(None, reason)
 
     def active_rows(self) -> int:
         return sum(g.rows for g in self.groups.values())
@@ -398,6 +414,7 @@ class Engine:
             except queue.Empty:
                 break
             if job is None:
+                self._unadmitted = jobs
                 return False
             jobs.append(job)
         by_shape: dict[tuple[int, int], list[Job]] = {}

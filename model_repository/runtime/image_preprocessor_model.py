@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from vlpserve.contract import IMAGE, PIXEL_VALUES
+from vlpserve.contract import PIXEL_VALUES
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
+from vlpserve.model_repository.runtime.errors import InvalidRequest
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
+from vlpserve.model_repository.runtime.inputs import image_bytes, pixels
 from vlpserve.model_repository.runtime.params import ImageParams
-from vlpserve.model_repository.runtime.triton import input_array
 
 Pending = list[Future[np.ndarray]]
 
@@ -37,28 +37,22 @@ class TritonPythonModel(BatchedModel[Pending]):
     def setup(self) -> None:
         params = self.args.params(ImageParams)
         self.steps = ImagePreprocessing.from_file(
-            self.args.folder.preprocessor_file, min_side=params.min_image_side
+            self.args.folder.preprocessor_file, limits=params.limits
         )
         self.pool = decode_pool(params.decode_threads)
 
     def parse(self, request: Any) -> Pending:
         """Submits the request's images: parsing returns at once, decoding goes on."""
-        items = input_array(request, IMAGE).reshape(-1).tolist()
-        if not items:
-            raise InvalidRequest(f"{IMAGE}: the request holds no images")
-        return [
-            self.pool.submit(self.steps.preprocess, bytes(item), index)
-            for index, item in enumerate(items)
-        ]
+        found = image_bytes(self.arrays(request))
+        return [self.pool.submit(pixels, self.steps, data, i) for i, data in enumerate(found)]
 
     def run(self, items: list[Pending]) -> Sequence[Outputs | Exception]:
         results: list[Outputs | Exception] = []
         for futures in items:
             try:
-                pixels = np.stack([future.result() for future in futures])
-                results.append({PIXEL_VALUES: pixels})
-            except InputItemError as exc:
-                results.append(named(IMAGE, exc))
+                results.append({PIXEL_VALUES: np.stack([f.result() for f in futures])})
+            except InvalidRequest as exc:
+                results.append(exc)
         return results
 
     def finalize(self) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,7 @@ import numpy as np
 from PIL import Image
 
 from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.params import MIN_IMAGE_SIDE
-
-MAX_IMAGE_PIXELS = 64_000_000  # decompression-bomb guard
+from vlpserve.model_repository.runtime.params import InputLimits
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,10 +34,10 @@ class ImagePreprocessing:
     rescale_factor: float | None = 1 / 255
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
-    min_side: int = MIN_IMAGE_SIDE
+    limits: InputLimits = field(default_factory=InputLimits)
 
     @classmethod
-    def from_hf_config(cls, config: dict[str, Any], *, min_side: int = MIN_IMAGE_SIDE) -> Any:
+    def from_hf_config(cls, config: dict[str, Any], *, limits: InputLimits | None = None) -> Any:
         """Steps of a ``preprocessor_config.json`` as a dict."""
         size = config.get("size") or {}
         if isinstance(size, int):
@@ -57,12 +56,12 @@ class ImagePreprocessing:
             else None,
             mean=tuple(config["image_mean"]) if config.get("do_normalize", True) else None,
             std=tuple(config["image_std"]) if config.get("do_normalize", True) else None,
-            min_side=min_side,
+            limits=limits or InputLimits(),
         )
 
     @classmethod
-    def from_file(cls, path: Path, *, min_side: int = MIN_IMAGE_SIDE) -> Any:
-        return cls.from_hf_config(json.loads(Path(path).read_text()), min_side=min_side)
+    def from_file(cls, path: Path, *, limits: InputLimits | None = None) -> Any:
+        return cls.from_hf_config(json.loads(Path(path).read_text()), limits=limits)
 
     @property
     def output_size(self) -> tuple[int, int]:
@@ -74,17 +73,23 @@ class ImagePreprocessing:
         raise ValueError("output size depends on the input: no crop and no fixed resize")
 
     def decode(self, data: bytes, index: int) -> Image.Image:
-        """Decode encoded image bytes to an RGB PIL image, or raise InputItemError."""
+        """Decode encoded image bytes to an RGB PIL image, or raise InputItemError.
+
+        The size limits are checked first, the pixels from the image's header, so an image
+        over them is refused before it is decoded (a small PNG can hold 400 Mpx of zeros).
+        """
+        limits = self.limits
         if len(data) == 0:
             raise InputItemError(index, "image is empty (0 bytes)")
+        if len(data) > limits.max_image_bytes:
+            raise InputItemError(
+                index, f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}"
+            )
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image: Image.Image = Image.open(io.BytesIO(data))
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise InputItemError(
-                        index, f"image has {image.width}x{image.height} pixels, over the limit"
-                    )
+                image: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
+                self._check_size(image, index)
                 image.load()  # decodes fully: truncated data fails here
         except InputItemError:
             raise
@@ -92,17 +97,49 @@ class ImagePreprocessing:
             raise InputItemError(
                 index, f"cannot decode image ({len(data)} bytes): not a known image format"
             ) from exc
-        except (OSError, ValueError, Image.DecompressionBombWarning, SyntaxError) as exc:
-            raise InputItemError(index, f"cannot decode image ({len(data)} bytes): {exc}") from exc
-        if min(image.size) < self.min_side:
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            # PIL's own guard (at twice its limit) speaks before the header is ours to read.
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{found.group(1)} pixels" if found else "too many pixels"
+            raise InputItemError(
+                index, f"image is {size}, over the limit of {limits.max_image_pixels}"
+            ) from exc
+        except Exception as exc:  # any decoder failure on these bytes is the input's
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise InputItemError(
+                index, f"cannot decode image ({len(data)} bytes): {reason}"
+            ) from exc
+        if min(image.size) < limits.min_image_side:
             raise InputItemError(
                 index,
                 f"image is {image.width}x{image.height}; both sides must be at least "
-                f"{self.min_side} pixels",
+                f"{limits.min_image_side} pixels",
             )
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            try:
+                image = image.convert("RGB")
+            except Exception as exc:  # a mode PIL cannot turn into RGB
+                raise InputItemError(index, f"cannot convert a {image.mode} image to RGB") from exc
         return image
+
+    def _check_size(self, image: Image.Image, index: int) -> None:
+        """The image, and the image resized for the model (an extreme aspect ratio grows
+        when its short side is scaled up), must stay within the pixel limit."""
+        limit = self.limits.max_image_pixels
+        width, height = image.size
+        if width * height > limit:
+            raise InputItemError(
+                index,
+                f"image is {width}x{height} = {width * height} pixels, over the limit of {limit}",
+            )
+        if (self.resize_to or self.resize_shortest_edge) and min(image.size) > 0:
+            new_width, new_height = self._resize_size(image)
+            if new_width * new_height > limit:
+                raise InputItemError(
+                    index,
+                    f"image is {width}x{height}: resized to {new_width}x{new_height} for the "
+                    f"model it is over the limit of {limit} pixels",
+                )
 
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pixel values (3, H, W) float32 of an RGB image."""

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.inputs import required
 from vlpserve.model_repository.runtime.params import GraphParams
-from vlpserve.model_repository.runtime.triton import input_array
 
 Feeds = dict[str, np.ndarray]
 
@@ -32,7 +32,8 @@ class TritonPythonModel(BatchedModel[Feeds]):
         self.pad_values = params.pad_values
 
     def parse(self, request: Any) -> Feeds:
-        return {name: input_array(request, name) for name in self.inputs}
+        arrays = self.arrays(request)
+        return {name: required(arrays, name) for name in self.inputs}
 
     def run(self, items: list[Feeds]) -> Sequence[Outputs | Exception]:
         results: list[Outputs | Exception] = [ValueError("not run")] * len(items)

@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 
 P = TypeVar("P", bound="ModelParams")
 
-MIN_IMAGE_SIDE = 8  # pixels; a 1x1 or 2x2 "image" is a mistake, not a photo
-
 
 def _encode(value: object) -> str:
     if isinstance(value, bool):
@@ -73,6 +71,31 @@ class ModelParams:
 
 
 @dataclass(frozen=True, kw_only=True)
+class InputLimits(ModelParams):
+    """Bounds on what one request item may be, checked before any expensive work: an
+    encoded image's bytes, its pixels (read from the image header, before decoding), its
+    shortest side, a text's UTF-8 bytes. ``repo build`` options set them."""
+
+    max_image_bytes: int = 20 * 2**20
+    max_image_pixels: int = 40_000_000
+    min_image_side: int = 8  # a 1x1 or 2x2 "image" is a mistake, not a photo
+    max_text_bytes: int = 65_536  # longer texts are mistakes: they are truncated anyway
+
+    def __post_init__(self) -> None:
+        if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side) < 1:
+            raise ValueError("image limits must be >= 1")
+        if self.max_text_bytes < 1:
+            raise ValueError("max_text_bytes must be >= 1")
+
+    @property
+    def limits(self) -> InputLimits:
+        """Just the limits (of a model's parameters that include them)."""
+        return InputLimits(
+            **{f.name: getattr(self, f.name) for f in dataclasses.fields(InputLimits)}
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SessionParams(ModelParams):
     """How a model's ONNX Runtime sessions run (see vlpserve.ort)."""
 
@@ -104,7 +127,7 @@ class GraphParams(SessionParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class TokenizerParams(FamilyParams):
+class TokenizerParams(FamilyParams, InputLimits):
     """``<family>_tokenizer``: truncation (with special tokens) and the pad id."""
 
     max_length: int
@@ -117,10 +140,9 @@ class TextParams(TokenizerParams, SessionParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageParams(FamilyParams):
+class ImageParams(FamilyParams, InputLimits):
     """``<family>_image_preprocessor``: decode threads (0: one per core)."""
 
-    min_image_side: int = MIN_IMAGE_SIDE
     decode_threads: int = 0
 
 
@@ -135,7 +157,7 @@ class SegmentParams(ImageParams):
 
 
 @dataclass(frozen=True, kw_only=True)
-class BlipParams(SessionParams):
+class BlipParams(SessionParams, InputLimits):
     """BLIP's raw models (``blip_itm``): the checkpoint's kind, token ids and positions."""
 
     kind: str
@@ -154,3 +176,6 @@ class BlipGenerateParams(BlipParams):
     intra_op_spinning: bool = False
     max_batch_rows: int = 64  # decoder rows decoded together
     admission_threads: int = 2  # image decoding and encoders of arriving requests
+    # Requests admitted or waiting at once; beyond, a request is refused as overloaded
+    # at once (it would only wait, and then miss its deadline).
+    max_pending: int = 256

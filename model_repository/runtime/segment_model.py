@@ -21,22 +21,19 @@ from vlpserve.contract import (
     FRACTIONS,
     GROUP_EMBEDS,
     GROUPING,
-    IMAGE,
     IMAGE_EMBEDS,
     LABEL_MAP,
-    LABELS,
     PIXEL_VALUES,
     SCORES,
     TEXT,
     TEXT_EMBEDS,
 )
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
 from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
+from vlpserve.model_repository.runtime.inputs import segment_request
 from vlpserve.model_repository.runtime.params import SegmentParams
 from vlpserve.model_repository.runtime.segmentation import Segment, segment
-from vlpserve.model_repository.runtime.triton import input_array, input_texts
 
 Parsed = tuple[Image.Image, list[str]]
 
@@ -64,7 +61,7 @@ class TritonPythonModel(BatchedModel[Parsed]):
     def setup(self) -> None:
         self.params = self.args.params(SegmentParams)
         steps = ImagePreprocessing.from_file(
-            self.args.folder.preprocessor_file, min_side=self.params.min_image_side
+            self.args.folder.preprocessor_file, limits=self.params.limits
         )
         # The whole image, resized to the model's input: a label map must cover every pixel.
         self.model_size = steps.output_size
@@ -76,20 +73,7 @@ class TritonPythonModel(BatchedModel[Parsed]):
 
     def parse(self, request: Any) -> Parsed:
         """The request's image (decoded) and labels."""
-        images = input_array(request, IMAGE)
-        if images.size != 1:
-            raise InvalidRequest(f"{IMAGE}: send one image per request, got {images.size}")
-        labels = input_texts(request, LABELS)
-        if not labels:
-            raise InvalidRequest(f"{LABELS} is empty: give at least one label")
-        if len(labels) > self.params.max_labels:
-            raise InvalidRequest(
-                f"{LABELS} holds {len(labels)} labels, more than {self.params.max_labels}"
-            )
-        try:
-            return self.steps.decode(bytes(images.reshape(-1)[0]), 0), labels
-        except InputItemError as exc:
-            raise named(IMAGE, exc) from exc
+        return segment_request(self.arrays(request), self.steps, self.params.max_labels)
 
     def run(self, items: list[Parsed]) -> Sequence[Outputs | Exception]:
         pool = self.pool

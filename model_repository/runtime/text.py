@@ -15,11 +15,10 @@ from tokenizers import Tokenizer
 
 from vlpserve.model_repository.runtime.errors import InputItemError
 
-MAX_TEXT_BYTES = 65_536  # a text longer than this is a mistake; it would be truncated anyway
 
-
-def decode_texts(items: Sequence[object]) -> list[str]:
-    """UTF-8 strings from BYTES items, or InputItemError naming the bad one."""
+def decode_texts(items: Sequence[object], max_bytes: int = 65_536) -> list[str]:
+    """UTF-8 strings from BYTES items of at most ``max_bytes``, or InputItemError naming the
+    bad one."""
     texts = []
     for index, item in enumerate(items):
         if isinstance(item, str):
@@ -27,8 +26,8 @@ def decode_texts(items: Sequence[object]) -> list[str]:
             continue
         if not isinstance(item, bytes | bytearray | np.bytes_):
             raise InputItemError(index, f"expected text bytes, got {type(item).__name__}")
-        if len(item) > MAX_TEXT_BYTES:
-            raise InputItemError(index, f"text is {len(item)} bytes, over {MAX_TEXT_BYTES}")
+        if len(item) > max_bytes:
+            raise InputItemError(index, f"text is {len(item)} bytes, over the limit of {max_bytes}")
         try:
             texts.append(bytes(item).decode("utf-8"))
         except UnicodeDecodeError as exc:

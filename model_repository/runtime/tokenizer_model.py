@@ -11,9 +11,9 @@ from typing import Any
 
 from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.inputs import texts
 from vlpserve.model_repository.runtime.params import TokenizerParams
 from vlpserve.model_repository.runtime.text import TextTokenizer
-from vlpserve.model_repository.runtime.triton import input_texts
 
 
 class TritonPythonModel(BatchedModel[list[str]]):
@@ -21,6 +21,7 @@ class TritonPythonModel(BatchedModel[list[str]]):
 
     def setup(self) -> None:
         params = self.args.params(TokenizerParams)
+        self.limits = params.limits
         self.tokenizer = TextTokenizer(
             self.args.folder.tokenizer_file,
             max_length=params.max_length,
@@ -28,7 +29,7 @@ class TritonPythonModel(BatchedModel[list[str]]):
         )
 
     def parse(self, request: Any) -> list[str]:
-        return input_texts(request, TEXT)
+        return texts(self.arrays(request), TEXT, self.limits)
 
     def tokens(self, items: list[list[str]]) -> Outputs:
         """Ids and masks of every text of the batch, padded to the longest."""

@@ -12,9 +12,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from vlpserve.layout import ModelFolder
-from vlpserve.model_repository.runtime.errors import InputItemError, InvalidRequest, named
 from vlpserve.model_repository.runtime.params import ModelParams, SessionParams
-from vlpserve.model_repository.runtime.text import decode_texts
 from vlpserve.ort import session
 
 logger = logging.getLogger(__name__)
@@ -67,24 +65,13 @@ def internal_error(message: str) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message))
 
 
-def optional_array(request: Any, name: str) -> np.ndarray | None:
-    tensor = pb_utils.get_input_tensor_by_name(request, name)
-    return None if tensor is None else np.asarray(tensor.as_numpy())
-
-
-def input_array(request: Any, name: str) -> np.ndarray:
-    array = optional_array(request, name)
-    if array is None:
-        raise InvalidRequest(f"input {name!r} is missing")
-    return array
-
-
-def input_texts(request: Any, name: str) -> list[str]:
-    """Every text of a BYTES input, decoded; errors name the input and the item."""
-    try:
-        return decode_texts(input_array(request, name).reshape(-1).tolist())
-    except InputItemError as exc:
-        raise named(name, exc) from exc
+def request_arrays(request: Any, names: list[str]) -> dict[str, np.ndarray | None]:
+    """A request's inputs as numpy arrays, by name (None for an absent optional one)."""
+    found: dict[str, np.ndarray | None] = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        found[name] = None if tensor is None else np.asarray(tensor.as_numpy())
+    return found
 
 
 def response(outputs: dict[str, np.ndarray]) -> Any:
@@ -108,10 +95,18 @@ class PhaseMetrics:
         self._lock = threading.Lock()
         self._metrics: dict[tuple[str, str], Any] = {}
         self._families: list[Any] = []  # a Metric fails once its family is garbage-collected
+        self._gauge: Any = None
         family_type = getattr(pb_utils, "MetricFamily", None)
         if family_type is None:
             logger.warning("%s: no custom metrics in this Python backend", model)
             return
+        gauge = family_type(
+            name="vlpserve_generation_outstanding",
+            description="Generation requests admitted and not finished",
+            kind=family_type.GAUGE,
+        )
+        self._families.append(gauge)
+        self._gauge = gauge.Metric(labels={"model": model})
         for name in self.NAMES:
             family = family_type(
                 name=f"vlpserve_generation_{name}_total",
@@ -121,6 +116,17 @@ class PhaseMetrics:
             self._families.append(family)
             for phase in phases:
                 self._metrics[name, phase] = family.Metric(labels={"model": model, "phase": phase})
+
+    def outstanding(self, count: int) -> None:
+        """Requests admitted and not finished (``vlpserve_generation_outstanding``): the
+        launcher waits for 0 before it stops the server."""
+        if self._gauge is not None:
+            with self._lock:
+                try:
+                    self._gauge.set(count)
+                except Exception:  # statistics must never fail a request
+                    logger.exception("custom metrics failed")
+                    self._gauge = None
 
     def observe(self, phase: str, seconds: float, rows: int) -> None:
         if not self._metrics:

@@ -22,30 +22,35 @@ from vlpserve.serve import free_port
 QUEUE_DELAY_S = TEST_QUEUE_DELAY_US / 1e6
 
 
-def _steps(metrics_url: str) -> float:
-    """Decoder step calls the captioning engine has made so far."""
-    return parse_engine_metrics(metrics_page(metrics_url)).get(("blip_caption", "step", "calls"), 0)
+FULL = 255  # decoder steps of a 256-token caption (the chelsea photo never meets [SEP])
+BATCH = 8  # captions decoded together in the batch tests: 8 rows a step
+
+
+def _steps(metrics_url: str, name: str = "calls") -> float:
+    """Decoder step calls (or rows: ``name="rows"``) the captioning engine made so far."""
+    found = parse_engine_metrics(metrics_page(metrics_url))
+    return found.get(("blip_caption", "step", name), 0)
 
 
 @pytest.fixture(scope="module")
 def long_caption(triton, photos) -> float:
-    """Seconds a full 256-token caption takes; it runs every step (no early [SEP]), so a
-    request that is not stopped makes 255 decoder steps."""
+    """Seconds that 8 captions of 256 tokens, decoded together, take: a request that is not
+    stopped makes its 255 decoder steps (8 x 255 rows)."""
     with Client(triton.grpc_url, family="blip", timeout_s=60) as client:
-        before = _steps(triton.metrics_url)
+        before = _steps(triton.metrics_url, "rows")
         started = time.monotonic()
-        client.caption([photos["chelsea.png"]], max_new_tokens=256)
+        client.caption([photos["chelsea.png"]] * BATCH, max_new_tokens=256)
         took = time.monotonic() - started
-    assert _steps(triton.metrics_url) - before == 255
+    assert _steps(triton.metrics_url, "rows") - before == BATCH * FULL
     return took
 
 
-def _settled(metrics_url: str, since: float) -> float:
-    """Steps made since ``since``, once the count has stopped growing (1 s apart)."""
+def _settled(metrics_url: str, since: float, name: str = "calls") -> float:
+    """Steps (or rows) made since ``since``, once the count stopped growing (1 s apart)."""
     time.sleep(1.0)
-    first = _steps(metrics_url)
+    first = _steps(metrics_url, name)
     time.sleep(1.0)
-    assert _steps(metrics_url) == first, "the engine is still decoding a dropped request"
+    assert _steps(metrics_url, name) == first, "the engine is still decoding a dropped request"
     return first - since
 
 
@@ -86,7 +91,7 @@ def test_split_call_shares_one_deadline(triton, photos) -> None:
 def test_stream_deadline_stops_the_decoding(triton, photos, long_caption) -> None:
     before = _steps(triton.metrics_url)
     pieces = []
-    timeout = long_caption / 4
+    timeout = long_caption / 8  # about a quarter of one caption's decoding
     with Client(triton.grpc_url, family="blip", timeout_s=timeout) as client:
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
@@ -94,13 +99,15 @@ def test_stream_deadline_stops_the_decoding(triton, photos, long_caption) -> Non
                 pieces.append(piece)
         assert time.monotonic() - started < timeout + 0.5
     assert pieces, "the deadline should fall after the first pieces"
-    assert _settled(triton.metrics_url, before) < 200
+    assert _settled(triton.metrics_url, before) < FULL  # stopped short
 
 
-def test_caption_deadline_covers_the_whole_call(triton, photos, long_caption) -> None:
+def test_caption_deadline_stops_the_decoding(triton, photos, long_caption) -> None:
+    before = _steps(triton.metrics_url, "rows")
     client = Client(triton.grpc_url, family="blip", timeout_s=long_caption / 4)
     with client, pytest.raises(DeadlineExceeded):
-        client.caption([photos["rocket.jpg"]], max_new_tokens=256)
+        client.caption([photos["chelsea.png"]] * BATCH, max_new_tokens=256)
+    assert _settled(triton.metrics_url, before, "rows") < 0.75 * BATCH * FULL
 
 
 def test_left_stream_stops_decoding(triton, photos, long_caption) -> None:
@@ -131,18 +138,19 @@ def test_left_async_stream_stops_decoding(triton, photos, long_caption) -> None:
 
 def test_cancelled_async_call_stops_decoding(triton, photos, long_caption) -> None:
     """Cancelling the task of an awaited caption cancels its stream on the server."""
-    before = _steps(triton.metrics_url)
+    before = _steps(triton.metrics_url, "rows")
 
     async def cancel_midway() -> None:
         async with AsyncClient(triton.grpc_url, family="blip", timeout_s=60) as client:
-            task = asyncio.create_task(client.caption([photos["chelsea.png"]], max_new_tokens=256))
+            caption = client.caption([photos["chelsea.png"]] * BATCH, max_new_tokens=256)
+            task = asyncio.create_task(caption)
             await asyncio.sleep(long_caption / 4)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
 
     asyncio.run(cancel_midway())
-    assert _settled(triton.metrics_url, before) < 200
+    assert _settled(triton.metrics_url, before, "rows") < 0.75 * BATCH * FULL
 
 
 def _retries(records: list[logging.LogRecord]) -> list[float]:
