@@ -76,6 +76,9 @@ class BenchOptions:
     precision: Precision = Precision.FP32  # of the graphs the embedded deployment exports
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
+    soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
+    soak_window_s: float = 60.0
+    server_pid: int | None = None  # with url: a tritonserver on this machine, for its memory
 
     def __post_init__(self) -> None:
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)
@@ -87,6 +90,8 @@ class BenchOptions:
             raise ConfigError("durations must be positive")
         if self.rate_rps is not None and self.rate_rps <= 0:
             raise ConfigError("rate_rps must be > 0")
+        if self.soak_s is not None and (self.soak_s <= 0 or self.soak_window_s <= 0):
+            raise ConfigError("soak_s and soak_window_s must be > 0")
         object.__setattr__(self, "size", Size(self.size))
         object.__setattr__(self, "precision", Precision(self.precision))
         object.__setattr__(self, "workdir", Path(self.workdir))
@@ -251,6 +256,12 @@ def run_bench(
     options = _with(options, metrics_url=metrics_url)
     pixels = _pixel_values(deployed["clip"][1], photos) if "clip" in deployed else None
     known = build_scenarios(photos, pixels)
+    if options.soak_s:
+        try:
+            return _soak(options, url, known, server, progress)
+        finally:
+            if server is not None:
+                server.stop()
     stats_client = grpcclient.InferenceServerClient(url)
     result: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -301,6 +312,70 @@ def run_bench(
     files = reports.write(result, options.out)
     result["files"] = {k: str(v) for k, v in files.items()}
     return result
+
+
+def _soak(
+    options: BenchOptions,
+    url: str,
+    known: dict[str, Scenario],
+    server: Any,
+    progress: Callable[[str], None],
+) -> dict[str, Any]:
+    """Every chosen scenario at once for ``soak_s`` seconds (see benchmarks.soak)."""
+    from vlpserve.benchmarks import soak
+    from vlpserve.client import AsyncClient
+
+    chosen = [known[name] for name in options.scenarios if name in known]
+    if not chosen:
+        raise ConfigError("none of the soak's scenarios is served")
+    concurrency = options.concurrency[0]
+    progress(f"soak: {len(chosen)} scenarios, concurrency {concurrency}, {options.soak_s:.0f} s")
+
+    async def run() -> soak.SoakRun:
+        clients = {
+            family: AsyncClient(url, family=family, timeout_s=options.request_timeout_s, retries=0)
+            for family in {s.family for s in chosen}
+        }
+        try:
+            pairs = [(scenario, clients[scenario.family]) for scenario in chosen]
+            return await soak.soak(
+                pairs,
+                concurrency=concurrency,
+                duration_s=float(options.soak_s or 0),
+                timeout_s=options.request_timeout_s,
+                memory=_memory_of(server, options.server_pid),
+            )
+        finally:
+            for client in clients.values():
+                await client.close()
+
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    found = machine()
+    report = soak.summarize(
+        asyncio.run(run()),
+        window_s=options.soak_window_s,
+        settings={
+            "started": started,
+            "machine": f"{found['cpu']} ({found['cores']} cores), GPU: {found['gpu'] or 'none'}",
+            "concurrency": concurrency,
+            "scenarios": [s.name for s in chosen],
+            "size": options.size.value,
+            "command": options.command,
+            "url": options.url or "embedded tritonserver",
+        },
+    )
+    files = soak.write(report, options.out)
+    report["files"] = {k: str(v) for k, v in files.items()}
+    return report
+
+
+def _memory_of(server: Any, pid: int | None) -> Callable[[], dict[str, int]] | None:
+    """Where the soak reads the server's memory: the embedded server, or a local pid."""
+    from vlpserve.serve.supervisor import memory
+
+    if server is not None:
+        return server.memory  # type: ignore[no-any-return]
+    return (lambda: memory(pid)) if pid else None
 
 
 def graph_accuracy(deployed: dict[str, tuple[str, Path]]) -> dict[str, dict[str, Any]]:

@@ -142,6 +142,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         precision=args.precision,
         command="vlpserve " + " ".join(sys.argv[1:]),
+        soak_s=args.soak,
+        soak_window_s=args.soak_window,
+        server_pid=args.server_pid,
     )
     with progress("bench") as step:
         report = run_bench(options, step)
@@ -274,6 +277,20 @@ def parser() -> argparse.ArgumentParser:
         choices=["fp32", "fp16", "int8"],
         default="fp32",
         help="of the graphs it exports and serves (int8: the CPU variant)",
+    )
+    bench.add_argument(
+        "--soak",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="every scenario at once for this long, at the first --concurrency value",
+    )
+    bench.add_argument("--soak-window", type=float, default=60.0, help="seconds per window")
+    bench.add_argument(
+        "--server-pid",
+        type=int,
+        default=None,
+        help="with --url: the tritonserver's pid on this machine, whose memory --soak samples",
     )
     bench.set_defaults(func=cmd_bench)
 

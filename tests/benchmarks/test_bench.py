@@ -356,3 +356,36 @@ def test_blip_caption_ort_baseline_equals_hugging_face(
     for ids, row in zip(ours, expected, strict=True):
         text = processor.decode(row, skip_special_tokens=True)
         assert processor.decode(ids, skip_special_tokens=True) == text
+
+
+def test_soak_report(triton, tmp_path: Path) -> None:
+    """A 20-second soak over every served task: the report's shape (CI checks no target)."""
+    report = run_bench(
+        BenchOptions(
+            url=triton.grpc_url,
+            metrics_url=triton.metrics_url,
+            server_pid=triton.pid,
+            scenarios=ALL_SCENARIOS,
+            concurrency=(8,),
+            soak_s=20.0,
+            soak_window_s=5.0,
+            out=tmp_path,
+            command="pytest soak",
+        )
+    )
+    assert report["requests"] > 0 and set(report["statuses"]) == {"OK"}, report["error_samples"]
+    assert set(report["per_scenario"]) == set(ALL_SCENARIOS) - {"clip_image_tensor"}
+    assert len(report["windows"]) >= 4
+    assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in report["windows"])
+    memory = report["memory_bytes"]
+    assert "tritonserver" in memory and "clip_text" in memory and "total" in memory
+    assert all(len(series) >= 4 for series in memory.values())
+    assert set(report["targets"]) == {
+        "zero_errors",
+        "memory_growth_below_5pct",
+        "p99_within_1_5x_of_first_window",
+    }
+    markdown = (tmp_path / "soak.md").read_text()
+    assert "| window (from s) |" in markdown and "tritonserver" in markdown
+    assert (tmp_path / "soak.png").read_bytes().startswith(PNG)
+    assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
