@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlpserve.benchmarks.scenarios import Scenario
+from vlpserve.benchmarks.soak import status_of
 
 Send = Callable[[int], Awaitable[int]]
 
@@ -29,6 +31,7 @@ class Point:
     errors: int
     latency_ms: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    statuses: dict[str, int] = field(default_factory=dict)  # gRPC status name -> requests
     triton: dict[str, Any] = field(default_factory=dict)  # per model: triton_stats.delta
     gpu: dict[str, float] = field(default_factory=dict)  # GPU metrics, where a GPU exists
     # per model and phase of a generation engine (triton_stats.engine_delta)
@@ -76,19 +79,21 @@ class _Tally:
     items: int = 0
     errors: int = 0
     samples: list[str] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
 
-    async def call(self, send: Send, i: int) -> tuple[bool, int]:
-        """Send request ``i``: (answered, items); a failure is kept as a sample, not raised."""
+    async def call(self, send: Send, i: int) -> tuple[str, int]:
+        """Send request ``i``: (status, items); a failure is kept as a sample, not raised."""
         try:
-            return True, await send(i)
+            return "OK", await send(i)
         except Exception as exc:  # a failed request is counted, not fatal
             if len(self.samples) < 5:
                 self.samples.append(str(exc)[:300])
-            return False, 0
+            return status_of(exc), 0
 
-    def count(self, ok: bool, items: int, latency_s: float) -> None:
+    def count(self, status: str, items: int, latency_s: float) -> None:
         self.requests += 1
-        if ok:
+        self.statuses[status] += 1
+        if status == "OK":
             self.latencies.append(latency_s)
             self.items += items
         else:
@@ -102,6 +107,7 @@ class _Tally:
             errors=self.errors,
             latency_ms=summarize(self.latencies),
             error_samples=self.samples,
+            statuses=dict(self.statuses),
         )
 
 
@@ -115,13 +121,13 @@ async def closed_loop(send: Send, concurrency: int, *, warmup_s: float, duration
 
     async def worker() -> None:
         while (t0 := time.monotonic()) < measure_to:
-            ok, items = await tally.call(send, next(counter))
+            status, items = await tally.call(send, next(counter))
             t1 = time.monotonic()
             # Requests that complete inside the window count (throughput = completions per
             # second); ones that started in the warm-up count too, or requests longer than
             # the window would never be counted.
             if measure_from <= t1 <= measure_to:
-                tally.count(ok, items, t1 - t0)
+                tally.count(status, items, t1 - t0)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return tally.point(mode="closed", concurrency=concurrency, rate_rps=None, duration_s=duration_s)
@@ -137,9 +143,9 @@ async def open_loop(send: Send, rate_rps: float, *, warmup_s: float, duration_s:
     tasks = []
 
     async def one(i: int, t0: float) -> None:
-        ok, items = await tally.call(send, i)
+        status, items = await tally.call(send, i)
         if t0 >= measure_from:
-            tally.count(ok, items, time.monotonic() - t0)
+            tally.count(status, items, time.monotonic() - t0)
 
     i = 0
     while (scheduled := started + i * interval) < measure_to:

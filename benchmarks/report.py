@@ -69,10 +69,16 @@ def markdown(report: dict[str, Any]) -> str:
                 load += " (short window)"
             lat = p["latency_ms"]
             cells = [f"{lat.get(k, 0):.1f}" for k in ("p50", "p90", "p95", "p99", "max")]
+            failed = {k: v for k, v in p.get("statuses", {}).items() if k != "OK"}
+            errors = f"{p['errors']}" + (
+                " (" + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) + ")"
+                if failed
+                else ""
+            )
             lines.append(
                 f"| {name} | {load} | {p['items_per_s']:.2f} | {p['requests_per_s']:.2f} | "
                 + " | ".join(cells)
-                + f" | {p['errors']} |"
+                + f" | {errors} |"
             )
     if any(short_window(p) for r in report["scenarios"].values() for p in r["points"]):
         lines += [

@@ -32,6 +32,12 @@ SEGMENT_LABELS = (
 QUESTIONS = ("what animal is this?", "what is in the picture?", "where is it?", "is it red?")
 
 
+def data_url(jpeg: bytes) -> str:
+    import base64
+
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
+
+
 def jpeg_photos(photos: dict[str, bytes]) -> list[bytes]:
     """The sample photos re-encoded as JPEG (quality 90), as production callers send them."""
     from PIL import Image
@@ -134,6 +140,28 @@ def build_scenarios(
             description="one (JPEG, text) pair per request",
         ),
     ]
+
+    # The same embeddings through the OpenAI front door, sent with the official openai client.
+    def openai_embedding(item: Callable[[int], str]) -> Callable[[Any, int], Awaitable[Any]]:
+        return lambda c, i: c.embeddings.create(
+            model="clip", input=[item(i)], encoding_format="float"
+        )
+
+    behind = ("clip_text", "clip_tokenizer", "clip_image_preprocessor", "clip_image_encoder")
+    for name, item in (
+        ("clip_text_openai", lambda i: str(pick(TEXTS, i))),
+        ("clip_image_openai", lambda i: data_url(pick(jpegs, i))),
+    ):
+        scenarios.append(
+            Scenario(
+                name=name,
+                model=name.removesuffix("_openai"),
+                stats_models=behind,
+                send=openai_embedding(item),
+                family="openai",
+                description="one item per request, POST /v1/embeddings through the front door",
+            )
+        )
     if pixel_values is not None:
         scenarios.insert(
             2,

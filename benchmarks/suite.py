@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 ALL_SCENARIOS = (
     "clip_text",
     "clip_image",
+    "clip_text_openai",
+    "clip_image_openai",
     "clip_image_tensor",
     "groupvit_segment",
     "blip_caption",
@@ -42,6 +44,8 @@ ALL_SCENARIOS = (
 CHECKPOINT_OF = {
     "clip_text": "clip",
     "clip_image": "clip",
+    "clip_text_openai": "clip",
+    "clip_image_openai": "clip",
     "clip_image_tensor": "clip",
     "groupvit_segment": "groupvit",
     "blip_caption": "blip-caption",
@@ -79,6 +83,7 @@ class BenchOptions:
     soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
     soak_window_s: float = 60.0
     server_pid: int | None = None  # with url: a tritonserver on this machine, for its memory
+    openai_url: str | None = None  # the front door's base URL (started here when embedded)
 
     def __post_init__(self) -> None:
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)
@@ -135,15 +140,8 @@ def versions() -> dict[str, str]:
 async def _points(
     url: str, scenario: Scenario, options: BenchOptions, stats_client: Any, deadline: float
 ) -> list[Point]:
-    from vlpserve.client import AsyncClient
 
-    # No retries: a failed request is counted as an error, not hidden in a longer latency.
-    client = AsyncClient(
-        url,
-        family=scenario.family,
-        timeout_s=options.request_timeout_s,
-        retries=0,
-    )
+    client = _client(scenario.family, url, options)
     send = sender(client, scenario, timeout_s=options.request_timeout_s)
     points = []
     try:
@@ -262,6 +260,11 @@ def run_bench(
         finally:
             if server is not None:
                 server.stop()
+    front_door = None
+    wanted = [known[s] for s in options.scenarios if s in known]
+    if any(s.family == "openai" for s in wanted) and not options.openai_url and server:
+        front_door = FrontDoor(url)
+        options = _with(options, openai_url=front_door.url)
     stats_client = grpcclient.InferenceServerClient(url)
     result: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -292,6 +295,9 @@ def run_bench(
             if not stats_client.is_model_ready(scenario.model):
                 result["absent"][name] = f"{scenario.model} not served"
                 continue
+            if scenario.family == "openai" and not options.openai_url:
+                result["absent"][name] = "give the front door's --openai-url"
+                continue
             progress(f"{name}: concurrency {list(options.concurrency)}")
             points = asyncio.run(_points(url, scenario, options, stats_client, deadline))
             result["scenarios"][name] = {
@@ -301,6 +307,8 @@ def run_bench(
             }
     finally:
         stats_client.close()
+        if front_door is not None:
+            front_door.stop()
         if server is not None:
             server.stop()
     if options.baselines and deployed:
@@ -323,19 +331,19 @@ def _soak(
 ) -> dict[str, Any]:
     """Every chosen scenario at once for ``soak_s`` seconds (see benchmarks.soak)."""
     from vlpserve.benchmarks import soak
-    from vlpserve.client import AsyncClient
 
-    chosen = [known[name] for name in options.scenarios if name in known]
+    chosen = [
+        known[name]
+        for name in options.scenarios
+        if name in known and (known[name].family != "openai" or options.openai_url)
+    ]
     if not chosen:
         raise ConfigError("none of the soak's scenarios is served")
     concurrency = options.concurrency[0]
     progress(f"soak: {len(chosen)} scenarios, concurrency {concurrency}, {options.soak_s:.0f} s")
 
     async def run() -> soak.SoakRun:
-        clients = {
-            family: AsyncClient(url, family=family, timeout_s=options.request_timeout_s, retries=0)
-            for family in {s.family for s in chosen}
-        }
+        clients = {family: _client(family, url, options) for family in {s.family for s in chosen}}
         try:
             pairs = [(scenario, clients[scenario.family]) for scenario in chosen]
             return await soak.soak(
@@ -367,6 +375,54 @@ def _soak(
     files = soak.write(report, options.out)
     report["files"] = {k: str(v) for k, v in files.items()}
     return report
+
+
+def _client(family: str, url: str, options: BenchOptions) -> Any:
+    """The client a scenario of ``family`` sends with: vlpserve's AsyncClient, or the
+    official openai client for the front door. No retries: a failed request is counted as
+    an error, not hidden in a longer latency."""
+    if family == "openai":
+        import openai
+
+        return openai.AsyncOpenAI(
+            base_url=options.openai_url, api_key="bench", max_retries=0, timeout=60.0
+        )
+    from vlpserve.client import AsyncClient
+
+    return AsyncClient(url, family=family, timeout_s=options.request_timeout_s, retries=0)
+
+
+class FrontDoor:
+    """``vlpserve openai`` over ``triton`` in a process of its own (not this one's event loop
+    and GIL, which drive the load), up once its health answers."""
+
+    def __init__(self, triton: str, timeout_s: float = 60) -> None:
+        import subprocess
+        import sys
+        import urllib.request
+
+        from vlpserve.serve import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}/v1"
+        command = [sys.executable, "-m", "vlpserve", "openai", "--triton", triton]
+        self.process = subprocess.Popen(
+            [*command, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise ConfigError("the OpenAI front door did not start")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
 
 
 def _memory_of(server: Any, pid: int | None) -> Callable[[], dict[str, int]] | None:

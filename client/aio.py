@@ -153,6 +153,11 @@ class AsyncClient(ClientBase):
     async def max_batch_size(self, model: str) -> int:
         return calls.batch_size_of(await self.model_config(model))
 
+    async def models_ready(self, models: Sequence[str]) -> dict[str, bool]:
+        """Whether each of ``models`` is served and ready (False where unknown)."""
+        found = await self._run(calls.models_ready(list(models)))
+        return dict(zip(models, found, strict=True))
+
     async def logit_scale(self) -> float:
         """exp(logit_scale) of the served checkpoint: the temperature of classify()."""
         return await self._run(calls.logit_scale(self.models))
@@ -229,6 +234,18 @@ class AsyncClient(ClientBase):
             image, prompt=prompt, max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty,
         )  # fmt: skip
+        async for piece in self._stream(request):
+            yield piece
+
+    async def stream_answer(
+        self, image: ImageInput, question: str, *, max_new_tokens: int = 10
+    ) -> AsyncIterator[str]:
+        """Yield a VQA answer's text pieces as the server generates them (greedy)."""
+        request = blip.stream_request(image, question=question, max_new_tokens=max_new_tokens)
+        async for piece in self._stream(request):
+            yield piece
+
+    async def _stream(self, request: Any) -> AsyncIterator[str]:
         op = Generate([request])
         deadline = asyncio.get_running_loop().time() + self.options.timeout_s
         pieces = self._pieces(op, blip.Texts(op.what, 1), deadline)

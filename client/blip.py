@@ -120,16 +120,24 @@ def caption_requests(
 
 
 def stream_request(
-    image: ImageInput, *, prompt: str | None, max_new_tokens: int, repetition_penalty: float
+    image: ImageInput,
+    *,
+    prompt: str | None = None,
+    question: str | None = None,
+    max_new_tokens: int,
+    repetition_penalty: float = 1.0,
 ) -> pb.ModelInferRequest:
-    """The streamed (greedy) ``blip_caption`` request of one image."""
+    """The streamed (greedy) request of one image: ``blip_caption`` (an optional prompt), or
+    ``blip_vqa`` when a ``question`` is given."""
     check_generation(max_new_tokens, 1, repetition_penalty)
+    if question is not None and not isinstance(question, str):
+        raise TypeError("question must be a str")
     return generation_request(
-        CAPTION,
+        CAPTION if question is None else VQA,
         0,
         image_to_bytes(image, 0),
-        text_name=PROMPT,
-        text=prompt,
+        text_name=PROMPT if question is None else QUESTION,
+        text=prompt if question is None else question,
         max_new_tokens=max_new_tokens,
         num_beams=1,
         repetition_penalty=repetition_penalty,

@@ -213,6 +213,22 @@ def ready(models: EmbeddingModels) -> Plan[bool]:
         return False
 
 
+def models_ready(models: list[str]) -> Plan[list[bool]]:
+    """Whether each model is ready; an unknown one is not."""
+    if not models:
+        return []
+    try:
+        states: list[bool] = yield [IsReady(model) for model in models]
+    except ModelNotReady:
+        states = []
+        for model in models:  # one at a time: find which are unknown
+            try:
+                states.append((yield IsReady(model)))
+            except ModelNotReady:
+                states.append(False)
+    return states
+
+
 ChunkInputs = Callable[[int, int], dict[str, np.ndarray]]  # (start, size) -> inputs
 
 

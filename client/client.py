@@ -141,6 +141,10 @@ class Client(ClientBase):
     def max_batch_size(self, model: str) -> int:
         return calls.batch_size_of(self.model_config(model))
 
+    def models_ready(self, models: Sequence[str]) -> dict[str, bool]:
+        """Whether each of ``models`` is served and ready (False where unknown)."""
+        return dict(zip(models, self._run(calls.models_ready(list(models))), strict=True))
+
     @property
     def logit_scale(self) -> float:
         """exp(logit_scale) of the served checkpoint: the temperature of classify()."""
@@ -238,6 +242,17 @@ class Client(ClientBase):
             image, prompt=prompt, max_new_tokens=max_new_tokens,
             repetition_penalty=repetition_penalty,
         )  # fmt: skip
+        return self._stream(request)
+
+    def stream_answer(
+        self, image: ImageInput, question: str, *, max_new_tokens: int = 10
+    ) -> Iterator[str]:
+        """Yield a VQA answer's text pieces as the server generates them (greedy)."""
+        return self._stream(
+            blip.stream_request(image, question=question, max_new_tokens=max_new_tokens)
+        )
+
+    def _stream(self, request: Any) -> Iterator[str]:
         op = Generate([request])
         pieces = self._pieces(op, blip.Texts(op.what, 1), time.monotonic() + self.timeout_s)
 

@@ -105,10 +105,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     server.start()
+    gateway = None
     try:
+        if args.openai_port:
+            from vlpserve.gateway.app import GatewayOptions
+            from vlpserve.gateway.server import GatewayThread
+
+            ca = str(security.tls_ca or security.tls_cert) if security.tls else None
+            options = GatewayOptions(triton=server.grpc_url, api_key=security.api_key, tls_ca=ca)
+            gateway = GatewayThread(options, args.host, args.openai_port).start()
         print(f"gRPC     {server.grpc_url}{' (TLS)' if security.tls else ''}")
         print(f"HTTP     {server.http_url if security.http else 'off'}")
         print(f"metrics  {server.metrics_url}")
+        print(f"OpenAI   {gateway.url if gateway else 'off'}")
         print(f"API key  {'required' if security.api_key else 'none'}")
         print("serving; Ctrl-C or SIGTERM stops", flush=True)
         while not stop.wait(0.5):
@@ -117,9 +126,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 print(f"vlpserve: error: {server.failure()}", file=sys.stderr)
                 return 1
     finally:
+        if gateway is not None:
+            gateway.stop()
         code = server.stop()
     print(f"stopped (tritonserver exit code {code})", flush=True)
     return 0 if code == 0 else 1
+
+
+def cmd_openai(args: argparse.Namespace) -> int:
+    from vlpserve.gateway.app import GatewayOptions
+    from vlpserve.gateway.server import run
+    from vlpserve.serve import api_key_from
+
+    options = GatewayOptions(
+        triton=args.triton, api_key=api_key_from(args.api_key_file), tls_ca=args.tls_ca
+    )
+    print(f"OpenAI front door on http://{args.host}:{args.port}/v1 over {args.triton}", flush=True)
+    run(options, args.host, args.port)
+    return 0
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -145,6 +169,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         soak_s=args.soak,
         soak_window_s=args.soak_window,
         server_pid=args.server_pid,
+        openai_url=args.openai_url,
     )
     with progress("bench") as step:
         report = run_bench(options, step)
@@ -250,7 +275,23 @@ def parser() -> argparse.ArgumentParser:
         help="on SIGTERM, in-flight requests get this long to finish",
     )
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
+    serve.add_argument(
+        "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"
+    )
     serve.set_defaults(func=cmd_serve)
+
+    openai = sub.add_parser("openai", help="an OpenAI-compatible HTTP front door over a server")
+    openai.add_argument("--triton", required=True, help="the server's gRPC host:port")
+    openai.add_argument("--host", default="127.0.0.1")
+    openai.add_argument("--port", type=int, default=8080)
+    openai.add_argument(
+        "--api-key-file",
+        type=Path,
+        default=None,
+        help="callers must present this key; sent to the server too (default: $VLPSERVE_API_KEY)",
+    )
+    openai.add_argument("--tls-ca", default=None, help="PEM: the server's gRPC is TLS")
+    openai.set_defaults(func=cmd_openai)
 
     bench = sub.add_parser("bench", help="throughput and latency of the served tasks")
     bench.add_argument(
@@ -286,6 +327,9 @@ def parser() -> argparse.ArgumentParser:
         help="every scenario at once for this long, at the first --concurrency value",
     )
     bench.add_argument("--soak-window", type=float, default=60.0, help="seconds per window")
+    bench.add_argument(
+        "--openai-url", default=None, help="with --url: the front door's base URL (.../v1)"
+    )
     bench.add_argument(
         "--server-pid",
         type=int,

@@ -17,11 +17,23 @@ from vlpserve.errors import ConfigError
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def test_smoke_every_scenario(triton, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def front_door(triton):
+    from vlpserve.gateway.app import GatewayOptions
+    from vlpserve.gateway.server import GatewayThread
+    from vlpserve.serve import free_port
+
+    thread = GatewayThread(GatewayOptions(triton=triton.grpc_url), "127.0.0.1", free_port())
+    yield thread.start()
+    thread.stop()
+
+
+def test_smoke_every_scenario(triton, front_door, tmp_path: Path) -> None:
     report = run_bench(
         BenchOptions(
             url=triton.grpc_url,
             metrics_url=triton.metrics_url,
+            openai_url=front_door.url,
             scenarios=ALL_SCENARIOS,
             concurrency=(1, 2),
             rate_rps=4.0,
@@ -374,7 +386,8 @@ def test_soak_report(triton, tmp_path: Path) -> None:
         )
     )
     assert report["requests"] > 0 and set(report["statuses"]) == {"OK"}, report["error_samples"]
-    assert set(report["per_scenario"]) == set(ALL_SCENARIOS) - {"clip_image_tensor"}
+    grpc_only = {s for s in ALL_SCENARIOS if not s.endswith("_openai")}
+    assert set(report["per_scenario"]) == grpc_only - {"clip_image_tensor"}
     assert len(report["windows"]) >= 4
     assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in report["windows"])
     memory = report["memory_bytes"]
