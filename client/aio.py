@@ -10,20 +10,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from vlpserve.client import blip, calls
 from vlpserve.client.base import ClientBase, unary, unary_result
 from vlpserve.client.calls import Generate, Op, Plan
 from vlpserve.client.inputs import ImageInput
+from vlpserve.client.replicas import Replica, addresses, name_of
 from vlpserve.client.segmentation import Segmentation
-from vlpserve.client.wire import CHANNEL_OPTIONS
 from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -46,23 +48,46 @@ class AsyncClient(ClientBase):
     within one event loop.
     """
 
-    def __init__(self, url: str = "localhost:8001", **options: Any) -> None:
+    def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any) -> None:
         super().__init__(url, **options)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: Any = None
         self._limit = asyncio.Semaphore(self.options.max_concurrency)
 
     # -- carrying plans out -----------------------------------------------------------------
 
-    def _connection(self) -> Any:
-        if self._stub is None:
-            self._channel = (
-                grpc.aio.secure_channel(self.url, self._credentials, options=CHANNEL_OPTIONS)
+    def _stub(self, replica: Replica) -> Any:
+        """The replica's gRPC stub, its channel opened (in the running loop) on first use."""
+        if replica.connection is None:
+            options = self._channel_options()
+            channel = (
+                grpc.aio.secure_channel(replica.target, self._credentials, options=options)
                 if self._credentials
-                else grpc.aio.insecure_channel(self.url, options=CHANNEL_OPTIONS)
+                else grpc.aio.insecure_channel(replica.target, options=options)
             )
-            self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
-        return self._stub
+            replica.connection = (channel, service_pb2_grpc.GRPCInferenceServiceStub(channel))
+        return replica.connection[1]
+
+    async def _replica(self, tried: set[Replica], deadline: float) -> Replica:
+        """The replica for the next try: health-checked first when it was ejected."""
+        loop = asyncio.get_running_loop()
+        if self.replicas.resolve_due() and self.replicas.dns:
+            host, port = name_of(self.replicas.dns)
+            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            for gone in self.replicas.update(addresses(found)):
+                if gone.connection is not None and not gone.in_flight:
+                    await gone.connection[0].close()
+        while True:
+            replica, check = self.replicas.pick(tried)
+            if not check:
+                return replica
+            try:
+                timeout = max(0.001, min(1.0, deadline - loop.time()))
+                await self._stub(replica).ServerReady(
+                    pb.ServerReadyRequest(), timeout=timeout, metadata=self._metadata
+                )
+                self.replicas.succeeded(replica)
+                return replica
+            except grpc.RpcError:
+                self.replicas.failed(replica)
 
     async def _run(self, plan: Plan[T]) -> T:
         """Drive a plan: perform what it yields, send the results back, return its answer."""
@@ -76,7 +101,9 @@ class AsyncClient(ClientBase):
             except StopIteration as done:
                 return done.value  # type: ignore[no-any-return]
             try:
-                if isinstance(op, list):
+                if isinstance(op, list) and len(op) == 1:  # no task for a single request
+                    value = [await self._perform(op[0], deadline)]
+                elif isinstance(op, list):
                     async with asyncio.TaskGroup() as group:
                         tasks = [group.create_task(self._limited(o, deadline)) for o in op]
                     value = [task.result() for task in tasks]
@@ -100,18 +127,24 @@ class AsyncClient(ClientBase):
         if cached is not None:
             return cached
         loop = asyncio.get_running_loop()
-        attempt = 0
+        attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, loop.time())
+            replica = await self._replica(tried, deadline)
             method, request = unary(op, timeout)
+            replica.in_flight += 1
+            replica.calls += 1
             try:
-                response = await getattr(self._connection(), method)(
+                response = await getattr(self._stub(replica), method)(
                     request, timeout=timeout, metadata=self._metadata
                 )
                 return self._remember(op, unary_result(op, response))
             except grpc.RpcError as exc:
-                await asyncio.sleep(self._retry_wait(op, exc, attempt, deadline - loop.time()))
-                attempt += 1
+                left = deadline - loop.time()
+                wait, attempt = self._next_try(op, exc, replica, tried, attempt, left)
+                await asyncio.sleep(wait)
+            finally:
+                replica.in_flight -= 1
 
     async def _pieces(
         self, op: Generate, texts: blip.Texts, deadline: float
@@ -119,12 +152,15 @@ class AsyncClient(ClientBase):
         """The answers of a stream as they arrive, retried like any call until the first
         answer (never after). Leaving early cancels the requests on the server."""
         loop = asyncio.get_running_loop()
-        attempt = 0
+        attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, loop.time())
-            call = self._connection().ModelStreamInfer(
+            replica = await self._replica(tried, deadline)
+            call = self._stub(replica).ModelStreamInfer(
                 iter(op.requests), timeout=timeout, metadata=self._metadata
             )
+            replica.in_flight += 1
+            replica.calls += 1
             try:
                 async for message in call:
                     yield texts.add(message)
@@ -134,9 +170,12 @@ class AsyncClient(ClientBase):
                 return
             except grpc.RpcError as exc:
                 left = deadline - loop.time()
-                await asyncio.sleep(self._retry_wait(op, exc, attempt, left, started=texts.started))
-                attempt += 1
+                wait, attempt = self._next_try(
+                    op, exc, replica, tried, attempt, left, started=texts.started
+                )
+                await asyncio.sleep(wait)
             finally:
+                replica.in_flight -= 1
                 if not texts.done:
                     call.cancel()
 
@@ -175,6 +214,10 @@ class AsyncClient(ClientBase):
     async def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings, one row per text (float32)."""
         return await self._run(calls.embed_texts(self.models, texts))
+
+    async def embed_texts_and_count(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and each text's token count (as the served tokenizer counts)."""
+        return await self._run(calls.embed_texts_counted(self.models, texts))
 
     async def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings, one row per image (float32)."""
@@ -277,9 +320,10 @@ class AsyncClient(ClientBase):
         return await self._run(calls.match(images, texts, head))
 
     async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
-            self._channel = self._stub = None
+        for replica in self.replicas.replicas:
+            if replica.connection is not None:
+                await replica.connection[0].close()
+                replica.connection = None
 
     async def __aenter__(self) -> AsyncClient:
         return self

@@ -4,15 +4,17 @@ already fetched, and the RPC each operation is."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tritonclient.grpc import service_pb2 as pb
 
 from vlpserve.client.calls import ClientOptions, GetConfig, Infer, IsReady, Op
-from vlpserve.client.wire import config_dict, rpc_error
+from vlpserve.client.replicas import Replica, Replicas, targets_of
+from vlpserve.client.wire import CHANNEL_OPTIONS, config_dict, rpc_error
 from vlpserve.contract import EmbeddingModels, Family
-from vlpserve.errors import DeadlineExceeded
+from vlpserve.errors import DeadlineExceeded, ServerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -22,7 +24,7 @@ class ClientBase:
 
     def __init__(
         self,
-        url: str = "localhost:8001",
+        url: str | Sequence[str] = "localhost:8001",
         *,
         family: Family | str = Family.CLIP,
         timeout_s: float = 30.0,
@@ -35,7 +37,8 @@ class ClientBase:
         tls_key: str | Path | None = None,
         api_key: str | None = None,
     ) -> None:
-        self.url = url
+        self.url = url if isinstance(url, str) else ",".join(url)
+        self.replicas = Replicas(*targets_of(url))
         self.options = ClientOptions(
             family=Family(family),
             timeout_s=timeout_s,
@@ -67,18 +70,43 @@ class ClientBase:
             raise DeadlineExceeded(f"{op.what}: no answer within {self.options.timeout_s} s")
         return deadline - now
 
-    def _retry_wait(
-        self, op: Op, exc: Exception, attempt: int, left_s: float, *, started: bool = False
-    ) -> float:
-        """After a failed attempt: the seconds to wait before the next one, or the typed
-        error raised. The one retry rule of both clients (ClientOptions.retry_wait_s); a
-        stream that has answered once is never tried again."""
+    def _next_try(
+        self,
+        op: Op,
+        exc: Exception,
+        replica: Replica,
+        tried: set[Replica],
+        attempt: int,
+        left_s: float,
+        *,
+        started: bool = False,
+    ) -> tuple[float, int]:
+        """After a failed attempt: (seconds to wait, the attempt count) before the next try,
+        or the typed error raised. The one retry rule of both clients: a server out of
+        reach is ejected and the call goes to another replica at once; with none left it
+        waits as ClientOptions.retry_wait_s says; a stream that has answered once is never
+        tried again."""
         error = rpc_error(exc, op.what, getattr(op, "offset", 0), tls=self.options.tls)
-        wait = None if started else self.options.retry_wait_s(error, attempt, left_s)
+        if started or not isinstance(error, ServerUnavailable):
+            raise error from exc
+        self.replicas.failed(replica)
+        tried.add(replica)
+        if len(tried) < len(self.replicas.replicas) and self.replicas.others(replica):
+            logger.info("%s: %s; trying another replica", op.what, error)
+            return 0.0, attempt
+        wait = self.options.retry_wait_s(error, attempt, left_s)
         if wait is None:
             raise error from exc
         logger.info("%s: %s; retrying in %.2f s", op.what, error, wait)
-        return wait
+        tried.clear()
+        return wait, attempt + 1
+
+    def _channel_options(self) -> tuple[tuple[str, Any], ...]:
+        """gRPC channel options; a name resolved to addresses is still the TLS name."""
+        if self.replicas.dns and self.options.tls:
+            host = self.replicas.dns.removeprefix("dns:///").rpartition(":")[0]
+            return (*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", host))
+        return CHANNEL_OPTIONS
 
     def _cached(self, op: Op) -> dict[str, Any] | None:
         return self._configs.get(op.model) if isinstance(op, GetConfig) else None

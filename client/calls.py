@@ -36,6 +36,7 @@ from vlpserve.contract import (
     SCORES,
     TEXT,
     TEXT_EMBEDS,
+    TOKEN_COUNT,
     EmbeddingModels,
     Family,
     embedding_models,
@@ -232,10 +233,10 @@ def models_ready(models: list[str]) -> Plan[list[bool]]:
 ChunkInputs = Callable[[int, int], dict[str, np.ndarray]]  # (start, size) -> inputs
 
 
-def _chunks(model: str, count: int, size: int, inputs_of: ChunkInputs, output: str) -> list[Op]:
+def _chunks(model: str, count: int, size: int, inputs_of: ChunkInputs, *outputs: str) -> list[Op]:
     """Requests of at most ``size`` items each (the server's max_batch_size)."""
     return [
-        Infer(infer_request(model, inputs_of(start, size), outputs=[output]), start)
+        Infer(infer_request(model, inputs_of(start, size), outputs=list(outputs)), start)
         for start in range(0, count, size)
     ]
 
@@ -258,6 +259,18 @@ def _rows(name: str, items: list[bytes]) -> ChunkInputs:
 def embed_texts(models: EmbeddingModels, texts: Sequence[str]) -> Plan[np.ndarray]:
     items = texts_to_bytes(texts)
     return (yield from chunked(models.text.name, len(items), _rows(TEXT, items), TEXT_EMBEDS))
+
+
+def embed_texts_counted(
+    models: EmbeddingModels, texts: Sequence[str]
+) -> Plan[tuple[np.ndarray, np.ndarray]]:
+    """Embeddings and each text's token count, from the same requests."""
+    items = texts_to_bytes(texts)
+    model = models.text.name
+    size = batch_size_of((yield GetConfig(model)))
+    ops = _chunks(model, len(items), size, _rows(TEXT, items), TEXT_EMBEDS, TOKEN_COUNT)
+    responses = yield ops
+    return _stacked(responses, TEXT_EMBEDS), _stacked(responses, TOKEN_COUNT).reshape(-1)
 
 
 def embed_images(models: EmbeddingModels, images: Sequence[ImageInput]) -> Plan[np.ndarray]:

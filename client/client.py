@@ -11,6 +11,7 @@ concurrently; every call has a deadline; failures raise the typed errors of
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -19,14 +20,15 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc
 
 from vlpserve.client import blip, calls
 from vlpserve.client.base import ClientBase, unary, unary_result
 from vlpserve.client.calls import Generate, Op, Plan
 from vlpserve.client.inputs import ImageInput
+from vlpserve.client.replicas import Replica, resolve
 from vlpserve.client.segmentation import Segmentation
-from vlpserve.client.wire import CHANNEL_OPTIONS
 from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -38,26 +40,61 @@ class Client(ClientBase):
     """Client of a vlpserve Triton server (gRPC).
 
     Args:
-        url: ``host:port`` of Triton's gRPC endpoint.
+        url: ``host:port`` of Triton's gRPC endpoint; a list of them, or
+            ``dns:///name:port`` (every address of a headless Service, resolved again every
+            30 s) spreads the calls: each goes to the replica with the fewest in flight, one
+            out of reach is ejected (and let back after a health check), and calls fail
+            over to another replica (a stream only before its first answer).
         family: family of embed_texts / embed_images / classify / segment (``"clip"``,
             ``"groupvit"``); BLIP's caption, stream_caption, answer and match need none.
         timeout_s: deadline of each call, split requests and streams included.
         retries: how often an UNAVAILABLE answer is retried before ServerUnavailable.
         retry_backoff_s: first wait between retries; it doubles each time.
         max_concurrency: requests in flight at once when a call is split.
+        tls, tls_ca, tls_cert, tls_key: gRPC over TLS (``tls_ca``: the CA bundle to trust,
+            else the system's; ``tls_cert`` and ``tls_key``: the client's identity).
+        api_key: sent as ``triton-grpc-protocol-authorization: Bearer <key>``.
     """
 
-    def __init__(self, url: str = "localhost:8001", **options: Any) -> None:
+    def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any) -> None:
         super().__init__(url, **options)
-        self._channel = (
-            grpc.secure_channel(url, self._credentials, options=CHANNEL_OPTIONS)
-            if self._credentials
-            else grpc.insecure_channel(url, options=CHANNEL_OPTIONS)
-        )
-        self._stub = service_pb2_grpc.GRPCInferenceServiceStub(self._channel)
+        self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=self.options.max_concurrency, thread_name_prefix="vlpserve"
         )
+
+    def _stub(self, replica: Replica) -> Any:
+        """The replica's gRPC stub, its channel opened on first use."""
+        with self._lock:
+            if replica.connection is None:
+                options = self._channel_options()
+                channel = (
+                    grpc.secure_channel(replica.target, self._credentials, options=options)
+                    if self._credentials
+                    else grpc.insecure_channel(replica.target, options=options)
+                )
+                replica.connection = (channel, service_pb2_grpc.GRPCInferenceServiceStub(channel))
+            return replica.connection[1]
+
+    def _replica(self, tried: set[Replica], deadline: float) -> Replica:
+        """The replica for the next try: health-checked first when it was ejected."""
+        if self.replicas.resolve_due() and self.replicas.dns:
+            for gone in self.replicas.update(resolve(self.replicas.dns)):
+                if gone.connection is not None and not gone.in_flight:
+                    gone.connection[0].close()
+        while True:
+            replica, check = self.replicas.pick(tried)
+            if not check:
+                return replica
+            try:
+                timeout = max(0.001, min(1.0, deadline - time.monotonic()))
+                self._stub(replica).ServerReady(
+                    pb.ServerReadyRequest(), timeout=timeout, metadata=self._metadata
+                )
+                self.replicas.succeeded(replica)
+                return replica
+            except grpc.RpcError:
+                self.replicas.failed(replica)
 
     # -- carrying plans out -----------------------------------------------------------------
 
@@ -89,30 +126,39 @@ class Client(ClientBase):
         cached = self._cached(op)
         if cached is not None:
             return cached
-        attempt = 0
+        attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, time.monotonic())
+            replica = self._replica(tried, deadline)
             method, request = unary(op, timeout)
+            replica.in_flight += 1
+            replica.calls += 1
             try:
-                response = getattr(self._stub, method)(
+                response = getattr(self._stub(replica), method)(
                     request, timeout=timeout, metadata=self._metadata
                 )
                 return self._remember(op, unary_result(op, response))
             except grpc.RpcError as exc:
-                time.sleep(self._retry_wait(op, exc, attempt, deadline - time.monotonic()))
-                attempt += 1
+                left = deadline - time.monotonic()
+                wait, attempt = self._next_try(op, exc, replica, tried, attempt, left)
+                time.sleep(wait)
+            finally:
+                replica.in_flight -= 1
 
     def _pieces(
         self, op: Generate, texts: blip.Texts, deadline: float
     ) -> Generator[blip.Piece, None, None]:
         """The answers of a stream as they arrive, retried like any call until the first
         answer (never after). Closing the iterator early cancels the requests."""
-        attempt = 0
+        attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, time.monotonic())
-            call = self._stub.ModelStreamInfer(
+            replica = self._replica(tried, deadline)
+            call = self._stub(replica).ModelStreamInfer(
                 iter(op.requests), timeout=timeout, metadata=self._metadata
             )
+            replica.in_flight += 1
+            replica.calls += 1
             try:
                 for message in call:
                     yield texts.add(message)
@@ -122,9 +168,12 @@ class Client(ClientBase):
                 return
             except grpc.RpcError as exc:
                 left = deadline - time.monotonic()
-                time.sleep(self._retry_wait(op, exc, attempt, left, started=texts.started))
-                attempt += 1
+                wait, attempt = self._next_try(
+                    op, exc, replica, tried, attempt, left, started=texts.started
+                )
+                time.sleep(wait)
             finally:
+                replica.in_flight -= 1
                 if not texts.done:
                     call.cancel()
 
@@ -165,6 +214,10 @@ class Client(ClientBase):
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings, one row per text (float32)."""
         return self._run(calls.embed_texts(self.models, texts))
+
+    def embed_texts_and_count(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and each text's token count (as the served tokenizer counts)."""
+        return self._run(calls.embed_texts_counted(self.models, texts))
 
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings, one row per image (float32).
@@ -291,7 +344,10 @@ class Client(ClientBase):
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
-        self._channel.close()
+        for replica in self.replicas.replicas:
+            if replica.connection is not None:
+                replica.connection[0].close()
+                replica.connection = None
 
     def __enter__(self) -> Client:
         return self

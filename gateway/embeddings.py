@@ -66,26 +66,6 @@ def _moved(exc: ClientError, positions: list[int]) -> APIError:
     return from_client(exc, "input")
 
 
-async def _tokens(client: AsyncClient, texts: list[str]) -> int:
-    """How many tokens the texts are, as the served tokenizer counts them."""
-    if not texts:
-        return 0
-    model = f"{client.family}_tokenizer"
-    size = await client.max_batch_size(model)
-    chunks = [texts[i : i + size] for i in range(0, len(texts), size)]
-    counted = await asyncio.gather(
-        *(
-            client.infer(
-                model,
-                {"TEXT": np.array([[t.encode()] for t in chunk], dtype=object)},
-                outputs=["attention_mask"],
-            )
-            for chunk in chunks
-        )
-    )
-    return int(sum(found["attention_mask"].sum() for found in counted))
-
-
 async def answer(client: AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
     """The response to an embeddings request."""
     items = items_of(body)
@@ -111,20 +91,24 @@ async def answer(client: AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
         if dimensions is not None and dimensions != width:
             raise unsupported("dimensions", f"must be {width} (the model's) if given")
 
-        async def embedded(kind: str, values: list[Any], positions: list[int]) -> np.ndarray:
-            if not values:
+        async def embedded_texts() -> tuple[np.ndarray, np.ndarray]:
+            if not texts:
+                return np.zeros((0, width), np.float32), np.zeros(0, np.int32)
+            try:
+                return await client.embed_texts_and_count(texts)
+            except ClientError as exc:
+                raise _moved(exc, text_at) from exc
+
+        async def embedded_images() -> np.ndarray:
+            if not images:
                 return np.zeros((0, width), np.float32)
             try:
-                call = client.embed_texts if kind == "text" else client.embed_images
-                return await call(values)
+                return await client.embed_images(images)
             except ClientError as exc:
-                raise _moved(exc, positions) from exc
+                raise _moved(exc, image_at) from exc
 
-        text_rows, image_rows, tokens = await asyncio.gather(
-            embedded("text", texts, text_at),
-            embedded("image", images, image_at),
-            _tokens(client, texts),
-        )
+        (text_rows, counts), image_rows = await asyncio.gather(embedded_texts(), embedded_images())
+        tokens = int(counts.sum())
     except ClientError as exc:
         raise from_client(exc) from exc
     rows: list[np.ndarray] = [np.empty(0)] * len(items)

@@ -26,6 +26,7 @@ from vlpserve.contract import (
     QUESTION,
     SCORES,
     TEXT,
+    TOKEN_COUNT,
     EmbeddingModels,
     Family,
     ModelContract,
@@ -146,6 +147,9 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
+
+
+TOKEN_COUNT_CONFIG = TensorConfig(name=TOKEN_COUNT, dtype="int32", dims=(1,))
 
 
 class _Renderer:
@@ -280,7 +284,10 @@ class _Builder(_Renderer):
             backend="python",
             max_batch_size=self.options.max_batch_size,
             inputs=(TensorConfig(name=TEXT, dtype="object", dims=(1,)),),
-            outputs=tuple(dataclasses.replace(t, ragged=False) for t in text_encoder.inputs),
+            outputs=(
+                *(dataclasses.replace(t, ragged=False) for t in text_encoder.inputs),
+                TOKEN_COUNT_CONFIG,
+            ),
             batching=self.batching,
             instances=self.options.preprocess_instances,
             parameters=self.tokenizer_params().to_config(),
@@ -306,27 +313,29 @@ class _Builder(_Renderer):
     def ensemble(
         self, contract: ModelContract, first: ModelConfig, second: ModelConfig
     ) -> ModelConfig:
-        """raw input -> first (pre-processing) -> second (encoder) -> output."""
+        """raw input -> first (pre-processing) -> second (encoder) -> output; the contract's
+        outputs come from either step (the token count from the tokenizer)."""
         self.model_folder(contract.name)  # an ensemble's version folder stays empty
-        middle = {t.name: t.name for t in first.outputs}
         wanted = set(contract.output_names())
-        outputs = tuple(t for t in second.outputs if t.name in wanted)
+        taken = {t.name for t in second.inputs}
+        early = tuple(t for t in first.outputs if t.name in wanted)
+        late = tuple(t for t in second.outputs if t.name in wanted)
         return ModelConfig(
             name=contract.name,
             max_batch_size=self.options.max_batch_size,
             inputs=first.inputs,
-            outputs=outputs,
+            outputs=late + early,
             parameters=self.family.to_config(),
             steps=(
                 EnsembleStep(
                     model=first.name,
                     input_map={t.name: t.name for t in first.inputs},
-                    output_map=middle,
+                    output_map={t.name: t.name for t in first.outputs if t.name in taken | wanted},
                 ),
                 EnsembleStep(
                     model=second.name,
-                    input_map=middle,
-                    output_map={t.name: t.name for t in outputs},
+                    input_map={t.name: t.name for t in first.outputs if t.name in taken},
+                    output_map={t.name: t.name for t in late},
                 ),
             ),
         )
@@ -346,7 +355,7 @@ class _Builder(_Renderer):
             backend="python",
             max_batch_size=self.options.max_batch_size,
             inputs=tokenizer.inputs,
-            outputs=tuple(t for t in text_encoder.outputs if t.name in wanted),
+            outputs=(*(t for t in text_encoder.outputs if t.name in wanted), TOKEN_COUNT_CONFIG),
             batching=self.batching,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,

@@ -16,6 +16,7 @@ import ctypes
 import importlib.util
 import logging
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -23,7 +24,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -86,6 +90,37 @@ def _die_with_parent(parent: int) -> Any:
             os._exit(1)
 
     return arm if sys.platform.startswith("linux") else None
+
+
+class _Spawner:
+    """Starts child processes from one thread that lives as long as the process: Linux
+    sends the parent-death signal when the *thread* that forked a child ends, so a server
+    started from a short-lived thread (a pool's) would be killed with it."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.Queue[tuple[Callable[[], Any], Future[Any]]] = queue.Queue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def _serve(self) -> None:
+        while True:
+            job, result = self._jobs.get()
+            try:
+                result.set_result(job())
+            except BaseException as exc:  # handed to the caller
+                result.set_exception(exc)
+
+    def run(self, job: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="spawner", daemon=True)
+                self._thread.start()
+        result: Future[Any] = Future()
+        self._jobs.put((job, result))
+        return result.result()
+
+
+_SPAWNER = _Spawner()
 
 
 @dataclass
@@ -223,13 +258,16 @@ class TritonServer:
     def _launch(self, backends: Path | None, log_path: Path) -> None:
         log = log_path.open("wb")
         logger.info("starting tritonserver on gRPC %s", self.grpc_url)
-        self._process = subprocess.Popen(
-            self.command(backends),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=self.environment(),
-            start_new_session=True,  # Ctrl-C in a terminal reaches the launcher, not Triton
-            preexec_fn=_die_with_parent(os.getpid()),
+        command, env = self.command(backends), self.environment()
+        self._process = _SPAWNER.run(
+            lambda: subprocess.Popen(
+                command,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
+                preexec_fn=_die_with_parent(os.getpid()),
+            )
         )
         log.close()
 

@@ -39,6 +39,7 @@ LABELS = "LABELS"
 LABEL_MAP = "label_map"
 SCORES = "scores"
 FRACTIONS = "fractions"
+TOKEN_COUNT = "TOKEN_COUNT"  # tokens of each text, as the served tokenizer counts them
 
 # BLIP graphs.
 LOGITS = "logits"
@@ -125,7 +126,11 @@ class EmbeddingModels:
         return ModelContract(
             f"{self.family.value}_tokenizer",
             (Tensor(TEXT, "object"),),
-            (Tensor(INPUT_IDS, "int64"), Tensor(ATTENTION_MASK, "int64")),
+            (
+                Tensor(INPUT_IDS, "int64"),
+                Tensor(ATTENTION_MASK, "int64"),
+                Tensor(TOKEN_COUNT, "int32"),
+            ),
         )
 
     @property
@@ -141,7 +146,7 @@ class EmbeddingModels:
         return ModelContract(
             f"{self.family.value}_text",
             (Tensor(TEXT, "object"),),
-            (Tensor(TEXT_EMBEDS, "float32"),),
+            (Tensor(TEXT_EMBEDS, "float32"), Tensor(TOKEN_COUNT, "int32")),
         )
 
     @property

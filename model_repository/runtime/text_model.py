@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from vlpserve.contract import TOKEN_COUNT
 from vlpserve.model_repository.runtime.batched import Outputs, split_rows
 from vlpserve.model_repository.runtime.params import TextParams
 from vlpserve.model_repository.runtime.tokenizer_model import (
@@ -28,7 +29,9 @@ class TritonPythonModel(TokenizerModel):
         self.outputs = self.args.outputs
 
     def run(self, items: list[list[str]]) -> Sequence[Outputs | Exception]:
-        feeds = {k: v for k, v in self.tokens(items).items() if k in self.graph_inputs}
-        results = self.session.run(self.outputs, feeds)
-        outputs = dict(zip(self.outputs, results, strict=True))
+        tokens = self.tokens(items)
+        feeds = {k: v for k, v in tokens.items() if k in self.graph_inputs}
+        names = [name for name in self.outputs if name != TOKEN_COUNT]
+        outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
+        outputs[TOKEN_COUNT] = tokens[TOKEN_COUNT]
         return split_rows(outputs, [len(texts) for texts in items])

@@ -9,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT
+import numpy as np
+
+from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, TEXT, TOKEN_COUNT
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
 from vlpserve.model_repository.runtime.inputs import texts
 from vlpserve.model_repository.runtime.params import TokenizerParams
@@ -34,7 +36,8 @@ class TritonPythonModel(BatchedModel[list[str]]):
     def tokens(self, items: list[list[str]]) -> Outputs:
         """Ids and masks of every text of the batch, padded to the longest."""
         ids, mask = self.tokenizer.encode([text for texts in items for text in texts])
-        return {INPUT_IDS: ids, ATTENTION_MASK: mask}
+        counts = mask.sum(axis=1, keepdims=True).astype(np.int32)
+        return {INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_COUNT: counts}
 
     def run(self, items: list[list[str]]) -> Sequence[Outputs | Exception]:
         return split_rows(self.tokens(items), [len(texts) for texts in items])

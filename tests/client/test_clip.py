@@ -237,3 +237,12 @@ def test_client_imports_nothing_heavy() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_token_counts_come_with_the_embeddings(client: Client, reference) -> None:
+    texts = [*SAMPLE_TEXTS, "word " * 100]  # split over two requests; the last truncated
+    embeds, counts = client.embed_texts_and_count(texts)
+    np.testing.assert_allclose(embeds, client.embed_texts(texts), atol=1e-6)
+    expected = [len(ids) for ids in reference.tokenizer(texts, truncation=True)["input_ids"]]
+    assert counts.tolist() == expected and counts.dtype == np.int32
+    assert counts[-1] == 77

@@ -134,7 +134,7 @@ def test_python_flavour_configs(python_repo: Path) -> None:
     text = read_config(python_repo / "clip_text" / "config.pbtxt")
     assert text.backend == "python" and not text.ensemble_scheduling.step
     assert [(t.name, t.data_type) for t in text.input] == [("TEXT", pb.TYPE_STRING)]
-    assert [t.name for t in text.output] == ["text_embeds"]
+    assert [t.name for t in text.output] == ["text_embeds", "TOKEN_COUNT"]
     assert text.parameters["pad_token_id"].string_value == "49407"
     assert float(text.parameters["logit_scale"].string_value) > 1
     assert (python_repo / "clip_text" / "1" / "model.onnx").is_file()

@@ -1,0 +1,143 @@
+"""The servers one client spreads its calls over.
+
+A Kubernetes Service keeps one HTTP/2 connection on one pod: a gRPC client must spread its
+calls itself. ``Replicas`` holds one connection per server (a list of addresses, or every
+address of a headless Service: ``dns:///name:port``, resolved again from time to time),
+sends each call to the replica with the fewest calls in flight, ejects one that fails to
+connect (with a backoff that doubles), and lets it back once a health check passes. The
+transport (threads or asyncio) is the client's; this module only decides.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+DNS = "dns:///"
+EJECT_S = 0.25  # first ejection; it doubles with each failure in a row
+EJECT_MAX_S = 2.0  # a replica back on its address takes traffic within about this
+RESOLVE_EVERY_S = 30.0
+
+
+@dataclass(eq=False)
+class Replica:
+    """One server: its address, its connection, and what the client knows of it."""
+
+    target: str
+    connection: Any = None  # the transport's (channel, stub), made on first use
+    in_flight: int = 0
+    failures: int = 0  # connection failures in a row
+    ejected_until: float = 0.0
+    checking: bool = False  # a health check is on its way
+    calls: int = 0  # calls sent here
+
+    def available(self, now: float) -> bool:
+        return self.ejected_until <= now
+
+
+def targets_of(url: str | Sequence[str]) -> tuple[list[str], str | None]:
+    """The addresses a client was given, and the DNS name to resolve again (or None)."""
+    if isinstance(url, str):
+        if url.startswith(DNS):
+            return resolve(url), url
+        return [url], None
+    found = [str(u) for u in url]
+    if not found or any(u.startswith(DNS) for u in found):
+        raise ValueError("give one url, a list of host:port, or one dns:///name:port")
+    return found, None
+
+
+def name_of(url: str) -> tuple[str, int]:
+    """(host, port) of ``dns:///name:port``."""
+    host, _, port = url.removeprefix(DNS).rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{url}: expected dns:///name:port")
+    return host, int(port)
+
+
+def addresses(infos: Sequence[Any]) -> list[str]:
+    """``ip:port`` of each ``getaddrinfo`` answer, once each, sorted."""
+    found = sorted({(str(info[4][0]), int(info[4][1])) for info in infos})
+    return [f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in found]
+
+
+def resolve(url: str) -> list[str]:
+    """Every address of ``dns:///name:port`` (a headless Service's pods), as ``ip:port``."""
+    return addresses(socket.getaddrinfo(*name_of(url), type=socket.SOCK_STREAM))
+
+
+@dataclass(eq=False)
+class Replicas:
+    """Which replica gets the next call."""
+
+    targets: list[str]
+    dns: str | None = None
+    now: Callable[[], float] = time.monotonic
+    replicas: list[Replica] = field(default_factory=list)
+    _turn: int = 0
+    _resolved: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)  # the sync client's threads
+
+    def __post_init__(self) -> None:
+        self.replicas = [Replica(target) for target in self.targets]
+        self._resolved = self.now()
+
+    def pick(self, avoid: set[Replica] | None = None) -> tuple[Replica, bool]:
+        """The replica for a call, and whether it must pass a health check first (it was
+        ejected and its time is up: it is checked before any other is chosen, so a server
+        that is back soon takes traffic again). Among the available ones, the fewest calls
+        in flight wins; ties go round in turn. When every replica is ejected, the one back
+        soonest."""
+        with self._lock:
+            return self._pick(avoid or set())
+
+    def _pick(self, avoid: set[Replica]) -> tuple[Replica, bool]:
+        now = self.now()
+        pool = [r for r in self.replicas if r not in avoid] or list(self.replicas)
+        due = [r for r in pool if r.available(now) and r.failures and not r.checking]
+        if due:
+            chosen = due[0]
+            chosen.checking = True
+            return chosen, True
+        ready = [r for r in pool if r.available(now) and not r.failures]
+        if not ready:
+            return min(pool, key=lambda r: r.ejected_until), False
+        self._turn += 1
+        fewest = min(r.in_flight for r in ready)
+        tied = [r for r in ready if r.in_flight == fewest]
+        return tied[self._turn % len(tied)], False
+
+    def others(self, replica: Replica) -> bool:
+        """Whether another replica could take a call now."""
+        now = self.now()
+        return any(r is not replica and r.available(now) for r in self.replicas)
+
+    def failed(self, replica: Replica) -> None:
+        """It could not be reached: out for a while, a longer one each time in a row."""
+        with self._lock:
+            replica.failures += 1
+            replica.checking = False
+            wait = min(EJECT_S * 2 ** (replica.failures - 1), EJECT_MAX_S)
+            replica.ejected_until = self.now() + wait
+
+    def succeeded(self, replica: Replica) -> None:
+        with self._lock:
+            replica.failures = 0
+            replica.checking = False
+            replica.ejected_until = 0.0
+
+    def resolve_due(self) -> bool:
+        return self.dns is not None and self.now() - self._resolved >= RESOLVE_EVERY_S
+
+    def update(self, targets: list[str]) -> list[Replica]:
+        """The resolved addresses now: new ones join, gone ones leave (returned, for the
+        caller to close once idle)."""
+        self._resolved = self.now()
+        known = {r.target: r for r in self.replicas}
+        gone = [r for r in self.replicas if r.target not in targets]
+        self.replicas = [known.get(t) or Replica(t) for t in targets] or self.replicas
+        return gone if targets else []
