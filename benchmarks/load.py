@@ -32,6 +32,7 @@ class Point:
     latency_ms: dict[str, float] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
     statuses: dict[str, int] = field(default_factory=dict)  # gRPC status name -> requests
+    replicas: dict[str, float] = field(default_factory=dict)  # url -> share of requests
     triton: dict[str, Any] = field(default_factory=dict)  # per model: triton_stats.delta
     gpu: dict[str, float] = field(default_factory=dict)  # GPU metrics, where a GPU exists
     # per model and phase of a generation engine (triton_stats.engine_delta)

@@ -80,6 +80,18 @@ def markdown(report: dict[str, Any]) -> str:
                 + " | ".join(cells)
                 + f" | {errors} |"
             )
+    shares = [
+        (name, p)
+        for name, result in report["scenarios"].items()
+        for p in result["points"]
+        if p.get("replicas")
+    ]
+    if shares:
+        lines += ["", "Share of the requests each replica served (Triton's statistics):", ""]
+        for name, p in shares:
+            load = f"c={p['concurrency']}" if p["mode"] == "closed" else f"{p['rate_rps']} req/s"
+            parts = ", ".join(f"{url} {share:.0%}" for url, share in p["replicas"].items())
+            lines.append(f"- {name} {load}: {parts}")
     if any(short_window(p) for r in report["scenarios"].values() for p in r["points"]):
         lines += [
             "",

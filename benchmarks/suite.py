@@ -138,9 +138,14 @@ def versions() -> dict[str, str]:
 
 
 async def _points(
-    url: str, scenario: Scenario, options: BenchOptions, stats_client: Any, deadline: float
+    url: str,
+    scenario: Scenario,
+    options: BenchOptions,
+    stats_clients: dict[str, Any],
+    deadline: float,
 ) -> list[Point]:
-
+    """Every load point of a scenario; with several replicas (``url`` a,b,c) the client
+    spreads over them and each point says the share every replica served."""
     client = _client(scenario.family, url, options)
     send = sender(client, scenario, timeout_s=options.request_timeout_s)
     points = []
@@ -152,7 +157,9 @@ async def _points(
             if time.monotonic() + options.warmup_s + options.duration_s > deadline:
                 logger.warning("%s: time budget spent, %s %s skipped", scenario.name, mode, value)
                 continue
-            before = triton_stats.snapshot(stats_client, scenario.stats_models)
+            before = {
+                r: triton_stats.snapshot(c, scenario.stats_models) for r, c in stats_clients.items()
+            }
             engine_before = triton_stats.parse_engine_metrics(
                 triton_stats.metrics_page(options.metrics_url)
             )
@@ -165,9 +172,18 @@ async def _points(
                 point = await open_loop(
                     send, value, warmup_s=options.warmup_s, duration_s=options.duration_s
                 )
-            after = triton_stats.snapshot(stats_client, scenario.stats_models)
+            after = {
+                r: triton_stats.snapshot(c, scenario.stats_models) for r, c in stats_clients.items()
+            }
             window_s = time.monotonic() - window_start
-            point.triton = triton_stats.delta(before, after, window_s)
+            deltas = {r: triton_stats.delta(before[r], after[r], window_s) for r in after}
+            point.triton = deltas[next(iter(deltas))]
+            if len(deltas) > 1:
+                served = {
+                    r: d.get(scenario.model, {}).get("requests", 0) for r, d in deltas.items()
+                }
+                total = sum(served.values()) or 1
+                point.replicas = {r: n / total for r, n in served.items()}
             page = triton_stats.metrics_page(options.metrics_url)
             point.gpu = triton_stats.parse_gpu_metrics(page)
             engine = triton_stats.engine_delta(
@@ -265,7 +281,8 @@ def run_bench(
     if any(s.family == "openai" for s in wanted) and not options.openai_url and server:
         front_door = FrontDoor(url)
         options = _with(options, openai_url=front_door.url)
-    stats_client = grpcclient.InferenceServerClient(url)
+    stats_clients = {u: grpcclient.InferenceServerClient(u) for u in url.split(",")}
+    stats_client = next(iter(stats_clients.values()))
     result: dict[str, Any] = {
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": machine(),
@@ -299,14 +316,15 @@ def run_bench(
                 result["absent"][name] = "give the front door's --openai-url"
                 continue
             progress(f"{name}: concurrency {list(options.concurrency)}")
-            points = asyncio.run(_points(url, scenario, options, stats_client, deadline))
+            points = asyncio.run(_points(url, scenario, options, stats_clients, deadline))
             result["scenarios"][name] = {
                 "model": scenario.model,
                 "description": scenario.description,
                 "points": [p.as_dict() for p in points],
             }
     finally:
-        stats_client.close()
+        for each in stats_clients.values():
+            each.close()
         if front_door is not None:
             front_door.stop()
         if server is not None:
@@ -389,7 +407,14 @@ def _client(family: str, url: str, options: BenchOptions) -> Any:
         )
     from vlpserve.client import AsyncClient
 
-    return AsyncClient(url, family=family, timeout_s=options.request_timeout_s, retries=0)
+    # Several replicas (a,b,c): one client spreads over them, failing over as a service would.
+    urls = url.split(",")
+    return AsyncClient(
+        urls if len(urls) > 1 else url,
+        family=family,
+        timeout_s=options.request_timeout_s,
+        retries=0 if len(urls) == 1 else 3,
+    )
 
 
 class FrontDoor:

@@ -134,7 +134,7 @@ class TritonServer:
     another installation's binary (an NGC container's), whose own backends are then used.
     """
 
-    repository: Path
+    repository: Path | str  # a folder, or s3://host:port/bucket/prefix (Triton reads it)
     grpc_port: int = 0
     http_port: int = 0
     metrics_port: int = 0
@@ -152,7 +152,8 @@ class TritonServer:
     _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self.repository = Path(self.repository).resolve()
+        if not str(self.repository).startswith("s3://"):
+            self.repository = Path(self.repository).resolve()
         self._chosen = tuple(
             name for name in ("grpc_port", "http_port", "metrics_port") if not getattr(self, name)
         )
@@ -233,7 +234,7 @@ class TritonServer:
 
     def start(self) -> TritonServer:
         """Start the server and block until it is ready (ServeError on failure)."""
-        if not self.repository.is_dir():
+        if isinstance(self.repository, Path) and not self.repository.is_dir():
             raise ServeError(f"model repository {self.repository} does not exist")
         self._workdir = tempfile.TemporaryDirectory(prefix="vlpserve-triton-")
         workdir = Path(self._workdir.name)

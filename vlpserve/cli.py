@@ -73,6 +73,14 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_repo_push(args: argparse.Namespace) -> int:
+    from vlpserve.model_repository.storage import push
+
+    written = push(args.repo, args.url, endpoint_url=args.endpoint_url)
+    print(f"{args.url}: {written} objects")
+    return 0
+
+
 def cmd_repo_validate(args: argparse.Namespace) -> int:
     from vlpserve.model_repository import validate_repository
 
@@ -244,12 +252,19 @@ def parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--max-text-bytes", type=int, default=65_536, help="per text (UTF-8)")
     build.set_defaults(func=cmd_repo_build)
+    push = repo_sub.add_parser("push", help="upload a repository to object storage (S3)")
+    push.add_argument("repo", type=Path)
+    push.add_argument("url", help="s3://bucket/prefix")
+    push.add_argument("--endpoint-url", default=None, help="an S3-compatible store's URL")
+    push.set_defaults(func=cmd_repo_push)
     validate = repo_sub.add_parser("validate", help="check configs against graphs and contract")
     validate.add_argument("repo", type=Path)
     validate.set_defaults(func=cmd_repo_validate)
 
     serve = sub.add_parser("serve", help="run tritonserver on a repository")
-    serve.add_argument("repo", type=Path)
+    serve.add_argument(
+        "repo", help="a repository folder, or s3://host:port/bucket/prefix (AWS_* variables)"
+    )
     serve.add_argument(
         "--host", default="127.0.0.1", help="listening address (0.0.0.0: every interface)"
     )
@@ -304,7 +319,9 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=float, default=2.0, help="seconds per point")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per point")
     bench.add_argument("--max-total", type=float, default=3600.0, help="seconds in all")
-    bench.add_argument("--url", default=None, help="a running server's gRPC host:port")
+    bench.add_argument(
+        "--url", default=None, help="a running server's gRPC host:port (a,b,c: replicas)"
+    )
     bench.add_argument("--metrics-url", default=None, help="its metrics endpoint")
     bench.add_argument("--size", choices=["tiny", "base"], default="base")
     bench.add_argument(

@@ -130,3 +130,23 @@ def test_a_dns_name_resolves_to_every_address(replicas) -> None:
         assert f"127.0.0.1:{port}" in targets
         rows = np.concatenate([client.embed_texts([f"via dns {i}"]) for i in range(10)])
     assert rows.shape == (10, 16)
+
+
+def test_bench_drives_replicas_and_reports_each_share(replicas, tmp_path: Path) -> None:
+    from vlpserve.benchmarks import BenchOptions, run_bench
+
+    report = run_bench(
+        BenchOptions(
+            url=",".join(s.grpc_url for s in replicas),
+            scenarios=("clip_text",),
+            concurrency=(6,),
+            warmup_s=0.5,
+            duration_s=3.0,
+            baselines=False,
+            out=tmp_path,
+        )
+    )
+    (point,) = report["scenarios"]["clip_text"]["points"]
+    assert point["errors"] == 0 and set(point["replicas"]) == {s.grpc_url for s in replicas}
+    assert all(share >= 0.2 for share in point["replicas"].values()), point["replicas"]
+    assert "Share of the requests each replica served" in (tmp_path / "bench.md").read_text()
