@@ -76,6 +76,7 @@ def prepare_backends(root: Path, cache: Path) -> Path:
     return target
 
 
+REMOTE_SCHEMES = ("s3://", "gs://", "as://")  # repositories tritonserver reads itself
 PR_SET_PDEATHSIG = 1
 BIND_RETRIES = 3  # free ports can be taken between choosing them and tritonserver binding
 
@@ -134,7 +135,9 @@ class TritonServer:
     another installation's binary (an NGC container's), whose own backends are then used.
     """
 
-    repository: Path | str  # a folder, or s3://host:port/bucket/prefix (Triton reads it)
+    repository: (
+        Path | str
+    )  # a folder, or s3://host:port/bucket/prefix, gs://, as:// (Triton reads it)
     grpc_port: int = 0
     http_port: int = 0
     metrics_port: int = 0
@@ -152,7 +155,7 @@ class TritonServer:
     _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not str(self.repository).startswith("s3://"):
+        if not str(self.repository).startswith(REMOTE_SCHEMES):
             self.repository = Path(self.repository).resolve()
         self._chosen = tuple(
             name for name in ("grpc_port", "http_port", "metrics_port") if not getattr(self, name)

@@ -9,7 +9,7 @@ import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("export", "model_repository", "serve", "client", "benchmarks")
+PACKAGES = ("export", "model_repository", "serve", "client", "benchmarks", "gateway", "deploy")
 
 
 def test_top_level_folders_are_the_packages() -> None:

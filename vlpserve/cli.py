@@ -81,6 +81,43 @@ def cmd_repo_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from vlpserve.deploy import DeployOptions, Format, inspect, render, write
+    from vlpserve.deploy.sizing import GIB, MIB
+
+    options = DeployOptions(
+        repo=args.repo,
+        name=args.name,
+        namespace=args.namespace,
+        image=args.image,
+        replicas=args.replicas,
+        max_replicas=args.max_replicas or max(args.replicas, 4 * args.replicas),
+        gpus=args.gpus,
+        cpu=args.cpu,
+        memory_bytes=round(args.memory_gib * GIB) if args.memory_gib else None,
+        shm_bytes=round(args.shm_mib * MIB) if args.shm_mib else None,
+        grace_s=args.grace_seconds,
+        startup_s=args.startup_seconds,
+        target_pressure=args.target_pressure,
+        aws_secret=args.aws_secret,
+        service_account=args.service_account,
+        tls_secret=args.tls_secret,
+        mutual_tls=args.mutual_tls,
+        api_key_secret=args.api_key_secret,
+        format=Format(args.format),
+    )
+    shape = inspect(args.sizing_from or args.repo, endpoint_url=args.endpoint_url)
+    paths = write(render(options, shape), args.out)
+    print(
+        f"{len(shape.models)} models, {shape.python_instances} Python-backend instances: "
+        f"/dev/shm {(options.shm_bytes or shape.shm_bytes) // MIB} MiB, memory "
+        f"{(options.memory_bytes or shape.memory_bytes) / GIB:.2f} GiB per pod"
+    )
+    for path in paths:
+        print(path)
+    return 0
+
+
 def cmd_repo_validate(args: argparse.Namespace) -> int:
     from vlpserve.model_repository import validate_repository
 
@@ -108,6 +145,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         security=security,
         grace_s=args.grace_seconds,
         tritonserver=args.tritonserver,
+        startup_timeout_s=args.startup_timeout,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -291,9 +329,43 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.add_argument(
+        "--startup-timeout", type=float, default=180.0, help="seconds to load every model"
+    )
+    serve.add_argument(
         "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"
     )
     serve.set_defaults(func=cmd_serve)
+
+    deploy = sub.add_parser("deploy", help="manifests for a cluster")
+    deploy_sub = deploy.add_subparsers(dest="target", required=True)
+    k8s = deploy_sub.add_parser("kubernetes", help="Kubernetes objects, or a KServe service")
+    k8s.add_argument("--repo", required=True, help="s3://host:port/bucket/prefix, gs://, as://")
+    k8s.add_argument("--out", type=Path, required=True, help="folder for the YAML files")
+    k8s.add_argument("--format", choices=["kubernetes", "kserve"], default="kubernetes")
+    k8s.add_argument("--name", default="vlpserve")
+    k8s.add_argument("--namespace", default="default")
+    k8s.add_argument("--image", default="vlpserve:latest", help="built from deploy/Dockerfile")
+    k8s.add_argument("--replicas", type=int, default=2, help="and the autoscaler's minimum")
+    k8s.add_argument("--max-replicas", type=int, default=None, help="default: 4x --replicas")
+    k8s.add_argument("--gpus", type=int, default=0, help="nvidia.com/gpu per pod")
+    k8s.add_argument("--cpu", default="4", help="CPU request per pod")
+    k8s.add_argument("--memory-gib", type=float, default=None, help="default: from the repo")
+    k8s.add_argument("--shm-mib", type=float, default=None, help="default: from the repo")
+    k8s.add_argument("--grace-seconds", type=int, default=30, help="the server's drain time")
+    k8s.add_argument("--startup-seconds", type=int, default=None, help="default: from the repo")
+    k8s.add_argument(
+        "--target-pressure", type=float, default=0.5, help="queue/compute time per pod"
+    )
+    k8s.add_argument("--aws-secret", default=None, help="a Secret of AWS_* variables")
+    k8s.add_argument("--service-account", default=None, help="the pods' service account")
+    k8s.add_argument("--tls-secret", default=None, help="a kubernetes.io/tls Secret")
+    k8s.add_argument("--mutual-tls", action="store_true", help="clients need certificates")
+    k8s.add_argument("--api-key-secret", default=None, help="a Secret with key 'api-key'")
+    k8s.add_argument(
+        "--sizing-from", default=None, help="size from this folder instead of reading --repo"
+    )
+    k8s.add_argument("--endpoint-url", default=None, help="the store's URL, to read it here")
+    k8s.set_defaults(func=cmd_deploy)
 
     openai = sub.add_parser("openai", help="an OpenAI-compatible HTTP front door over a server")
     openai.add_argument("--triton", required=True, help="the server's gRPC host:port")

@@ -93,3 +93,17 @@ def test_push_errors(s3, store: str, clip_repo: Path, tmp_path: Path) -> None:
         push(tmp_path / "nope", "s3://models/v1", endpoint_url=store)
     with pytest.raises(RepositoryError, match="cannot write"):
         push(clip_repo, "s3://no-such-bucket/v1", endpoint_url=store)
+
+
+def test_deploy_sizes_from_the_store(s3, store: str, clip_repo: Path, tmp_path: Path) -> None:
+    """`vlpserve deploy kubernetes` reads the pushed repository's configs and sizes from the
+    store itself: the same shape as the local folder's."""
+    from vlpserve.deploy import inspect
+
+    s3.create_bucket(Bucket="deploy")
+    push(clip_repo, "s3://deploy/v1", endpoint_url=store)
+    url = f"s3://{store.removeprefix('http://')}/deploy/v1"
+    assert inspect(url) == inspect(clip_repo)
+    assert main(["deploy", "kubernetes", "--repo", url, "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "deployment.yaml").is_file()
+    assert main(["deploy", "kubernetes", "--repo", f"{url}-missing", "--out", str(tmp_path)]) == 1

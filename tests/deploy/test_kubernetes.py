@@ -1,0 +1,287 @@
+"""Kubernetes manifests: every object validated offline and strictly against the schemas of a
+pinned Kubernetes version, the custom resources against their published schemas, and what
+the schemas cannot see: ports, selectors, /dev/shm measured on a real server, metric names
+scraped from a real server."""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import numpy as np
+import pytest
+import yaml
+from referencing import Registry, Resource
+
+from vlpserve.cli import main
+from vlpserve.client import Client
+from vlpserve.deploy import DeployOptions, Format, inspect, render
+from vlpserve.deploy import kubernetes as k8s
+from vlpserve.deploy.sizing import MIB
+from vlpserve.errors import ConfigError
+from vlpserve.serve import TritonServer
+from vlpserve.serve.supervisor import stubs
+
+K8S_VERSION = "1.33"  # the oldest Kubernetes the manifests are for
+CRDS = Path(__file__).resolve().parent.parent / "data" / "crds"
+REPO_URL = "s3://minio.storage.svc:9000/models/prod"
+
+
+def _objects(repo: Path, **options: Any) -> dict[str, dict[str, Any]]:
+    return render(DeployOptions(repo=REPO_URL, **options), inspect(repo))
+
+
+def _strict(schema: dict[str, Any]) -> dict[str, Any]:
+    """A CRD's structural schema as the API server applies it: unknown fields are errors
+    (pruned and refused by kubectl's strict field validation), except where the schema
+    keeps them."""
+    schema = copy.deepcopy(schema)
+    keeps = "additionalProperties" in schema or schema.get("x-kubernetes-preserve-unknown-fields")
+    if "properties" in schema and not keeps:
+        schema["additionalProperties"] = False
+    for key, value in schema.items():
+        if isinstance(value, dict):
+            schema[key] = (
+                _strict(value)
+                if key != "properties"
+                else {name: _strict(sub) for name, sub in value.items()}
+            )
+        elif isinstance(value, list):
+            schema[key] = [_strict(v) if isinstance(v, dict) else v for v in value]
+    return schema
+
+
+def _service_monitor_schema() -> dict[str, Any]:
+    crd = yaml.safe_load((CRDS / "monitoring.coreos.com_servicemonitors.yaml").read_text())
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1"]
+    return _strict(version["schema"]["openAPIV3Schema"])
+
+
+def _kserve_validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((CRDS / "serving.kserve.io_inferenceservices.schema.json").read_text())
+    version = re.search(r"v(\d+\.\d+\.\d+) strict", schema["description"]).group(1)
+    root = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema"
+    definitions = json.loads((root / f"v{version}-local-strict" / "_definitions.json").read_text())
+    registry = Registry().with_resource(definitions["$id"], Resource.from_contents(definitions))
+    return jsonschema.Draft202012Validator(schema, registry=registry)
+
+
+def test_every_object_is_valid_for_kubernetes(clip_repo: Path) -> None:
+    objects = _objects(clip_repo, api_key_secret="vlpserve-key", tls_secret="vlpserve-tls")
+    kinds = set()
+    for name, obj in objects.items():
+        kinds.add(obj["kind"])
+        if obj["kind"] == "ServiceMonitor":
+            jsonschema.validate(obj, _service_monitor_schema())
+        else:
+            assert kubernetes_validate.validate(obj, K8S_VERSION, strict=True), name
+    assert kinds == {
+        "Deployment",
+        "Service",
+        "PodDisruptionBudget",
+        "HorizontalPodAutoscaler",
+        "ConfigMap",
+        "ServiceMonitor",
+    }
+    services = [o for o in objects.values() if o["kind"] == "Service"]
+    assert sorted(s["spec"].get("clusterIP", "") for s in services) == ["", "None"]
+
+
+def test_validation_is_strict(clip_repo: Path) -> None:
+    """A misspelled field fails each schema: the checks above can fail."""
+    objects = _objects(clip_repo)
+    deployment = copy.deepcopy(objects["deployment.yaml"])
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    monitor = copy.deepcopy(objects["servicemonitor.yaml"])
+    monitor["spec"]["endpoints"][0]["intervall"] = "15s"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(monitor, _service_monitor_schema())
+    service = _objects(clip_repo, format=Format.KSERVE)["inferenceservice.yaml"]
+    service["spec"]["predictor"]["model"]["storageURI"] = "s3://x"
+    with pytest.raises(jsonschema.ValidationError):
+        _kserve_validator().validate(service)
+    service = _objects(clip_repo, format=Format.KSERVE)["inferenceservice.yaml"]
+    service["spec"]["predictor"]["model"]["ports"][0]["containerport"] = 1  # a Kubernetes type
+    with pytest.raises(jsonschema.ValidationError):
+        _kserve_validator().validate(service)
+
+
+def test_kserve_inference_service(clip_repo: Path) -> None:
+    objects = _objects(clip_repo, format=Format.KSERVE, gpus=1, service_account="s3-reader")
+    (service,) = objects.values()
+    _kserve_validator().validate(service)
+    predictor = service["spec"]["predictor"]
+    model = predictor["model"]
+    assert model["protocolVersion"] == "v2"
+    assert model["modelFormat"] == {"name": "triton"}
+    assert model["runtime"] == "kserve-tritonserver"
+    assert model["storageUri"] == "s3://models/prod"  # the endpoint lives in the S3 secret
+    assert [p["name"] for p in model["ports"]] == ["h2c"]
+    assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert predictor["serviceAccountName"] == "s3-reader"
+    (mount,) = model["volumeMounts"]
+    (volume,) = predictor["volumes"]
+    assert (mount["name"], mount["mountPath"]) == (volume["name"], "/dev/shm")
+    assert volume["emptyDir"]["medium"] == "Memory"
+
+
+def _pod(objects: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    template = objects["deployment.yaml"]["spec"]["template"]
+    return template, template["spec"]["containers"][0]
+
+
+def _matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def test_ports_selectors_and_grace(clip_repo: Path) -> None:
+    objects = _objects(clip_repo, grace_s=40)
+    template, container = _pod(objects)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        port = container[probe]["httpGet"]["port"]
+        assert port in ports or port in ports.values(), probe
+    labels = template["metadata"]["labels"]
+    deployment = objects["deployment.yaml"]
+    assert _matches(deployment["spec"]["selector"]["matchLabels"], labels)
+    for name in ("service.yaml", "service-pods.yaml"):
+        spec = objects[name]["spec"]
+        assert _matches(spec["selector"], labels), name
+        for port in spec["ports"]:
+            assert port["targetPort"] in ports, name
+    assert _matches(objects["poddisruptionbudget.yaml"]["spec"]["selector"]["matchLabels"], labels)
+    monitor = objects["servicemonitor.yaml"]["spec"]
+    service = objects["service.yaml"]
+    assert _matches(monitor["selector"]["matchLabels"], service["metadata"]["labels"])
+    assert {e["port"] for e in monitor["endpoints"]} <= {
+        p["name"] for p in service["spec"]["ports"]
+    }
+    target = objects["horizontalpodautoscaler.yaml"]["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+
+    # The pod outlives the server's own stop: pre-stop pause, generation drained (up to
+    # 0.75 of the grace), in-flight requests (the grace), and the launcher's 15 s margin.
+    args = container["args"]
+    grace = float(args[args.index("--grace-seconds") + 1])
+    assert grace == 40
+    pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert template["spec"]["terminationGracePeriodSeconds"] >= pre_stop + 1.75 * grace + 15
+    # The start-up probe waits at least as long as the server itself does.
+    startup = container["startupProbe"]
+    budget = startup["periodSeconds"] * startup["failureThreshold"]
+    assert budget >= float(args[args.index("--startup-timeout") + 1])
+
+
+def test_secrets_are_mounted_where_the_server_reads_them(clip_repo: Path) -> None:
+    objects = _objects(
+        clip_repo, tls_secret="tls", mutual_tls=True, api_key_secret="key", aws_secret="s3"
+    )
+    template, container = _pod(objects)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+    assert volumes["tls"]["secret"]["secretName"] == "tls"
+    assert volumes["api-key"]["secret"]["secretName"] == "key"
+    args = container["args"]
+    for flag, volume in (
+        ("--tls-cert", "tls"),
+        ("--tls-key", "tls"),
+        ("--tls-ca", "tls"),
+        ("--api-key-file", "api-key"),
+    ):
+        assert args[args.index(flag) + 1].startswith(mounts[volume] + "/"), flag
+    assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert mounts["tmp"] == "/tmp" and mounts["dshm"] == "/dev/shm"
+    assert args[:2] == ["serve", REPO_URL]
+    with pytest.raises(ConfigError, match="s3://"):
+        DeployOptions(repo="/local/folder")
+    with pytest.raises(ConfigError, match="mutual TLS"):
+        DeployOptions(repo=REPO_URL, mutual_tls=True)
+
+
+def _shm_in_use(server_pid: int) -> dict[str, int]:
+    """Bytes of the Python backend's shared-memory regions each model's stubs map."""
+    found: dict[str, int] = {}
+    for stub in stubs(server_pid):
+        regions = set()
+        for line in Path(f"/proc/{stub.pid}/maps").read_text().splitlines():
+            path = line.split()[-1]
+            if path.startswith("/dev/shm/triton_python_backend_shm_region"):
+                regions.add(path)
+        found[stub.model] = found.get(stub.model, 0) + sum(Path(p).stat().st_size for p in regions)
+    return found
+
+
+def _size_bytes(quantity: str) -> int:
+    assert quantity.endswith("Mi"), quantity
+    return int(quantity[:-2]) * MIB
+
+
+def test_dev_shm_covers_what_a_real_server_uses(clip_repo: Path) -> None:
+    """Full batches of large images and long texts through every Python-backend model of
+    the repository: the region each model's stubs grew fits that model's share, the total
+    fits the rendered /dev/shm with room to spare, and the memory limit holds it besides."""
+    shape = inspect(clip_repo)
+    objects = render(DeployOptions(repo=REPO_URL), shape)
+    template, container = _pod(objects)
+    (shm,) = [v for v in template["spec"]["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    size = _size_bytes(shm["emptyDir"]["sizeLimit"])
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (1024, 1024, 3), dtype=np.uint8)  # ~3 MB as PNG
+    with TritonServer(clip_repo) as server, Client(server.grpc_url) as client:
+        before = _shm_in_use(server.pid)
+        for _ in range(3):
+            client.embed_images([noise] * 8)
+            client.embed_texts(["a long caption " * 400] * 8)
+        used = _shm_in_use(server.pid)
+    python_models = {m.name for m in shape.models if m.backend == "python"}
+    assert set(used) == python_models
+    assert used["clip_image_preprocessor"] > 8 * before["clip_image_preprocessor"]  # it grew
+    for model in shape.models:
+        if model.backend == "python":
+            assert used[model.name] <= model.shm_bytes, (model.name, used[model.name] / MIB)
+    assert sum(used.values()) <= size / 2, (sum(used.values()) / MIB, size / MIB)
+    assert _size_bytes(container["resources"]["limits"]["memory"]) > size
+
+
+def test_autoscaling_metrics_are_ones_tritonserver_exports(clip_repo: Path, triton) -> None:
+    """Every metric the adapter rule reads, scraped from our tritonserver after a call."""
+    with Client(triton.grpc_url) as client:
+        client.embed_texts(["a photo of a cat"])
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        exported = set(re.findall(r"^(\w+)\{", response.read().decode(), re.MULTILINE))
+    config = yaml.safe_load(
+        _objects(clip_repo)["prometheus-adapter-rules.yaml"]["data"]["config.yaml"]
+    )
+    (rule,) = config["rules"]
+    used = set(re.findall(r"\b(nv_\w+)", rule["seriesQuery"] + rule["metricsQuery"]))
+    assert used == {k8s.QUEUE_METRIC, k8s.COMPUTE_METRIC}
+    assert used <= exported, used - exported
+    assert rule["name"]["as"] == k8s.PRESSURE_METRIC
+    hpa = _objects(clip_repo)["horizontalpodautoscaler.yaml"]
+    (metric,) = hpa["spec"]["metrics"]
+    assert metric["pods"]["metric"]["name"] == k8s.PRESSURE_METRIC
+
+
+def test_cli_writes_the_files(clip_repo: Path, tmp_path: Path) -> None:
+    argv = ["deploy", "kubernetes", "--repo", REPO_URL, "--sizing-from", str(clip_repo)]
+    assert main([*argv, "--out", str(tmp_path / "k8s"), "--replicas", "3", "--gpus", "1"]) == 0
+    files = sorted(p.name for p in (tmp_path / "k8s").iterdir())
+    assert "deployment.yaml" in files and len(files) == 7
+    deployment = yaml.safe_load((tmp_path / "k8s" / "deployment.yaml").read_text())
+    assert deployment["spec"]["replicas"] == 3
+    limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits["nvidia.com/gpu"] == "1"
+    assert main([*argv, "--out", str(tmp_path / "ks"), "--format", "kserve"]) == 0
+    assert [p.name for p in (tmp_path / "ks").iterdir()] == ["inferenceservice.yaml"]
+    assert main([*argv, "--out", str(tmp_path / "bad"), "--replicas", "0"]) == 1
