@@ -81,15 +81,18 @@ class _Tally:
     errors: int = 0
     samples: list[str] = field(default_factory=list)
     statuses: Counter[str] = field(default_factory=Counter)
+    _sampled: set[str] = field(default_factory=set)
 
     async def call(self, send: Send, i: int) -> tuple[str, int]:
         """Send request ``i``: (status, items); a failure is kept as a sample, not raised."""
         try:
             return "OK", await send(i)
         except Exception as exc:  # a failed request is counted, not fatal
-            if len(self.samples) < 5:
-                self.samples.append(str(exc)[:300])
-            return status_of(exc), 0
+            status = status_of(exc)
+            if len(self.samples) < 5 or status not in self._sampled:  # one of each status
+                self.samples.append(f"{status}: {str(exc)[:300]}")
+                self._sampled.add(status)
+            return status, 0
 
     def count(self, status: str, items: int, latency_s: float) -> None:
         self.requests += 1

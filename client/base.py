@@ -14,7 +14,7 @@ from vlpserve.client.calls import ClientOptions, GetConfig, Infer, IsReady, Op
 from vlpserve.client.replicas import Replica, Replicas, targets_of
 from vlpserve.client.wire import CHANNEL_OPTIONS, config_dict, rpc_error
 from vlpserve.contract import EmbeddingModels, Family
-from vlpserve.errors import DeadlineExceeded, ServerUnavailable
+from vlpserve.errors import DeadlineExceeded, Overloaded, ServerUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,8 @@ class ClientBase:
         error = rpc_error(exc, op.what, getattr(op, "offset", 0), tls=self.options.tls)
         if started or not isinstance(error, ServerUnavailable):
             raise error from exc
-        self.replicas.failed(replica)
+        if not isinstance(error, Overloaded):  # a full queue answers: the server is there
+            self.replicas.failed(replica)
         tried.add(replica)
         if len(tried) < len(self.replicas.replicas) and self.replicas.others(replica):
             logger.info("%s: %s; trying another replica", op.what, error)

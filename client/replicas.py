@@ -121,7 +121,8 @@ class Replicas:
         with self._lock:
             replica.failures += 1
             replica.checking = False
-            wait = min(EJECT_S * 2 ** (replica.failures - 1), EJECT_MAX_S)
+            doublings = min(replica.failures - 1, 16)  # 2 ** 1024 is no float
+            wait = min(EJECT_S * 2**doublings, EJECT_MAX_S)
             replica.ejected_until = self.now() + wait
 
     def succeeded(self, replica: Replica) -> None:

@@ -150,3 +150,18 @@ def test_bench_drives_replicas_and_reports_each_share(replicas, tmp_path: Path) 
     assert point["errors"] == 0 and set(point["replicas"]) == {s.grpc_url for s in replicas}
     assert all(share >= 0.2 for share in point["replicas"].values()), point["replicas"]
     assert "Share of the requests each replica served" in (tmp_path / "bench.md").read_text()
+
+
+def test_ejection_stays_bounded_after_many_failures() -> None:
+    """Thousands of failures in a row (a server down for hours) keep the wait at its cap;
+    the doubling once overflowed a float after 1,024 failures and broke every call."""
+    from vlpserve.client.replicas import EJECT_MAX_S, Replicas
+
+    clock = [100.0]
+    replicas = Replicas(["127.0.0.1:1"], now=lambda: clock[0])
+    (replica,) = replicas.replicas
+    for _ in range(2_000):
+        replicas.failed(replica)
+    assert replica.ejected_until == pytest.approx(100.0 + EJECT_MAX_S)
+    replicas.succeeded(replica)
+    assert (replica.failures, replica.ejected_until) == (0, 0.0)

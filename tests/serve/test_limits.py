@@ -160,6 +160,13 @@ def tight_server(clip_export: Path, tmp_path_factory: pytest.TempPathFactory):
         yield server
 
 
+def _attempt(client: Client, text: str) -> object:
+    try:
+        return client.embed_texts([text])
+    except Exception as exc:  # judged by the caller
+        return exc
+
+
 def test_a_full_queue_refuses_at_once(tight_server) -> None:
     texts = [f"text {i}" for i in range(8)]
 
@@ -179,6 +186,14 @@ def test_a_full_queue_refuses_at_once(tight_server) -> None:
     assert refused and served, outcomes
     assert len(refused) + len(served) == len(texts), outcomes
     assert all(took < 0.15 for took, _ in refused)  # at once, not after the queue delay
+    # A full queue is an answer, not an unreachable server: one client shared by the
+    # calls keeps its replica in (no ejection, no failure count).
+    with Client(tight_server.grpc_url, retries=0, timeout_s=30) as shared:
+        with ThreadPoolExecutor(len(texts)) as pool:
+            shared_outcomes = list(pool.map(lambda t: _attempt(shared, t), texts))
+        assert any(isinstance(r, Overloaded) for r in shared_outcomes), shared_outcomes
+        (replica,) = shared.replicas.replicas
+        assert (replica.failures, replica.ejected_until) == (0, 0.0)
     # Retried with backoff while the deadline allows, every request gets through.
     with ThreadPoolExecutor(len(texts)) as pool:
         outcomes = list(pool.map(lambda t: send(t, 8), texts))
