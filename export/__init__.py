@@ -5,7 +5,7 @@ from collections.abc import Callable
 from vlpserve.contract import Family
 from vlpserve.export.blip import export_blip
 from vlpserve.export.clip import export_clip
-from vlpserve.export.common import ExportOptions, Precision
+from vlpserve.export.common import ExportOptions, Precision, Target
 from vlpserve.export.groupvit import export_groupvit
 from vlpserve.export.report import ExportReport, GraphReport
 from vlpserve.progress import ProgressFn, no_progress
@@ -31,6 +31,7 @@ __all__ = [
     "ExportReport",
     "GraphReport",
     "Precision",
+    "Target",
     "export",
     "export_blip",
     "export_clip",

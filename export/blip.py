@@ -211,6 +211,11 @@ class _Blip:
     def text_optimizer(self) -> Optimizer:
         return Optimizer.of(self.model.config.text_config, "bert")
 
+    @property
+    def max_sequence(self) -> int:
+        """The longest token sequence its text graphs take (position embeddings)."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
     def image_embeds(self) -> np.ndarray:
         """The vision encoder's states of two real photos (what the text graphs attend to)."""
         import torch
@@ -258,6 +263,7 @@ def _text_encoder_spec(blip: _Blip, name: str, head: str, output: str) -> GraphS
         | batch_axes(IMAGE_EMBEDS)
         | {output: axes},
         optimizer=blip.text_optimizer(),
+        max_sequence=blip.max_sequence,
         cases={"real": feeds},
     )
 
@@ -272,6 +278,7 @@ def _text_feat_spec(blip: _Blip) -> GraphSpec:
         output_names=(TEXT_FEAT,),
         dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK) | batch_axes(TEXT_FEAT),
         optimizer=blip.text_optimizer(),
+        max_sequence=blip.max_sequence,
         cases={"real_texts": feeds},
     )
 
@@ -311,6 +318,7 @@ def _decoder_specs(blip: _Blip, states: np.ndarray, prompt: np.ndarray) -> list[
         | {name: {0: "batch", 2: "sequence"} for name in present}
         | cache_axes,
         optimizer=blip.text_optimizer(),
+        max_sequence=blip.max_sequence,
         cases={"seeded": first_feeds},
     )
     # The step case continues the first step: one more token for every row.
@@ -332,6 +340,7 @@ def _decoder_specs(blip: _Blip, states: np.ndarray, prompt: np.ndarray) -> list[
         | cache_axes
         | {name: {0: "batch", 2: "total_sequence"} for name in present},
         optimizer=blip.text_optimizer(),
+        max_sequence=blip.max_sequence,
         cases={"seeded": step_feeds},
     )
     return [first_spec, step_spec]

@@ -134,6 +134,7 @@ def text_graph_spec(model: Any, tokenizer: Any) -> GraphSpec:
         optimizer=Optimizer.of(model.config.text_config, "clip"),
         cases=text_cases(tokenizer, model.config.text_config.vocab_size),
         output_dims={TEXT_EMBEDS: (int(model.config.projection_dim),)},
+        max_sequence=int(model.config.text_config.max_position_embeddings),
     )
 
 

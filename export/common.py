@@ -42,6 +42,14 @@ class Precision(StrEnum):
 COSINE_TOLERANCE = {Precision.FP32: 0.9999, Precision.FP16: 0.999, Precision.INT8: 0.99}
 
 
+class Target(StrEnum):
+    """Who runs the graphs: ONNX Runtime (its fused operators, any provider) or TensorRT
+    (standard operators only, a profile for the engine build; ``export.tensorrt``)."""
+
+    ONNXRUNTIME = "onnxruntime"
+    TENSORRT = "tensorrt"
+
+
 @dataclass(frozen=True, kw_only=True)
 class ExportOptions:
     """What to export and how. ``model`` is a hub id or a local checkpoint folder."""
@@ -53,6 +61,8 @@ class ExportOptions:
     optimize: bool = True
     keep_plain: bool = False
     ids_dtype: str = "int64"  # token id inputs of text graphs: "int64" or "int32"
+    target: Target = Target.ONNXRUNTIME
+    max_batch: int = 64  # the TensorRT profile's largest batch
 
     def __post_init__(self) -> None:
         if not self.model:
@@ -63,6 +73,16 @@ class ExportOptions:
         object.__setattr__(self, "precision", Precision(self.precision))
         if self.ids_dtype not in ("int64", "int32"):
             raise ConfigError(f"ids_dtype must be int64 or int32, got {self.ids_dtype!r}")
+        object.__setattr__(self, "target", Target(self.target))
+        if self.target is Target.TENSORRT:
+            from vlpserve.export.tensorrt import OPSETS
+
+            if self.opset not in OPSETS:
+                raise ConfigError(f"TensorRT parses opsets {OPSETS.start}-{OPSETS.stop - 1}")
+            if self.precision is Precision.INT8:
+                raise ConfigError("int8 is the ONNX Runtime CPU variant; TensorRT: fp32 or fp16")
+        if self.max_batch < 1:
+            raise ConfigError("max_batch must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,9 @@ class GraphSpec:
     cases: Cases
     # Non-batch dims of outputs the tracer leaves symbolic (an embedding width, say).
     output_dims: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    # The longest token sequence the graph takes (its position embeddings): the TensorRT
+    # profile's largest non-batch axis; 0: the example's size.
+    max_sequence: int = 0
 
 
 def batch_axes(*names: str) -> dict[str, dict[int, str]]:
@@ -166,10 +189,21 @@ def _fix_output_dims(path: Path, dims: Mapping[str, tuple[int, ...]]) -> None:
 
 
 def optimize_graph(
-    spec: GraphSpec, src: Path, dst: Path, *, precision: Precision, optimize: bool
+    spec: GraphSpec,
+    src: Path,
+    dst: Path,
+    *,
+    precision: Precision,
+    optimize: bool,
+    target: Target = Target.ONNXRUNTIME,
 ) -> dict[str, int]:
-    """Apply onnxruntime.transformers fusions (and fp16 conversion); return fusion counts."""
+    """Apply onnxruntime.transformers fusions (and fp16 conversion); return fusion counts.
+    For TensorRT: no fusion (standard operators only), and fp16 keeps the overflow-prone
+    operators and each output's head in fp32."""
     from onnxruntime.transformers.optimizer import optimize_model
+
+    if target is Target.TENSORRT:
+        optimize = False
 
     with _wrap(f"ONNX Runtime optimization of {spec.name}"):
         model = (
@@ -192,7 +226,17 @@ def optimize_graph(
             fusions: dict[str, int] = {}
         else:
             fusions = {k: int(v) for k, v in model.get_fused_operator_statistics().items() if v}
-        if precision is Precision.FP16:
+        if precision is Precision.FP16 and target is Target.TENSORRT:
+            from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST
+
+            from vlpserve.export.tensorrt import FP32_OPS, head_nodes
+
+            model.convert_float_to_float16(
+                keep_io_types=True,
+                op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP32_OPS],
+                node_block_list=head_nodes(model.model),
+            )
+        elif precision is Precision.FP16:
             model.convert_float_to_float16(keep_io_types=True)
         model.save_model_to_file(str(dst))
     if precision is Precision.INT8:
@@ -303,10 +347,27 @@ def export_and_check(
     check_parity(spec, plain, tolerance=COSINE_TOLERANCE[Precision.FP32])
     progress(f"{spec.name}: optimizing")
     fusions = optimize_graph(
-        spec, plain, final, precision=options.precision, optimize=options.optimize
+        spec,
+        plain,
+        final,
+        precision=options.precision,
+        optimize=options.optimize,
+        target=options.target,
     )
     progress(f"{spec.name}: checking the final graph")
     parity = check_parity(spec, final, tolerance=tolerance)
+    profile: dict[str, dict[str, list[int]]] = {}
+    if options.target is Target.TENSORRT:
+        from vlpserve.export.tensorrt import lint
+        from vlpserve.export.tensorrt import profile as trt_profile
+
+        problems = lint(final)
+        if problems:
+            raise ExportError(f"{spec.name}: not a TensorRT graph: " + "; ".join(problems[:5]))
+        shapes = {name: tuple(t.shape) for name, t in spec.example_inputs.items()}
+        profile = trt_profile(
+            shapes, spec.dynamic_axes, max_batch=options.max_batch, max_sequence=spec.max_sequence
+        )
     if not options.keep_plain:
         plain.unlink()
     inputs, outputs = graph_io(final)
@@ -320,6 +381,8 @@ def export_and_check(
         fusions=fusions,
         parity=parity,
         plain_path=str(plain.relative_to(options.out)) if options.keep_plain else None,
+        target=options.target.value,
+        profile=profile,
     )
 
 

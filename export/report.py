@@ -30,6 +30,9 @@ class GraphReport:
     fusions: dict[str, int] = field(default_factory=dict)
     parity: dict[str, dict[str, float]] = field(default_factory=dict)
     plain_path: str | None = None
+    target: str = "onnxruntime"  # or "tensorrt": standard operators, and a profile
+    # TensorRT's optimization profile per input: {"min": shape, "opt": shape, "max": shape}.
+    profile: dict[str, dict[str, list[int]]] = field(default_factory=dict)
 
     @property
     def worst_cosine(self) -> float | None:

@@ -296,6 +296,11 @@ class TritonServer:
             f"tritonserver not ready after {self.startup_timeout_s:.0f} s:\n" + self.log_tail()
         )
 
+    def metadata(self) -> dict[str, str]:
+        """The server's name and version, as it reports them."""
+        with self.admin() as admin:
+            return admin.metadata()
+
     def admin(self) -> _Admin:
         """A gRPC connection for the launcher's own calls (readiness, model reloads)."""
         return _Admin(self.grpc_url, self.security)
@@ -405,6 +410,14 @@ class _Admin:
             return bool(self.stub.ServerReady(pb.ServerReadyRequest(), timeout=timeout_s).ready)
         except grpc.RpcError:
             return False  # not listening yet
+
+    def metadata(self, timeout_s: float = 10) -> dict[str, str]:
+        from tritonclient.grpc import service_pb2 as pb
+
+        found = self.stub.ServerMetadata(
+            pb.ServerMetadataRequest(), timeout=timeout_s, metadata=self.security.metadata()
+        )
+        return {"name": found.name, "version": found.version}
 
     def reload(self, model: str, timeout_s: float = 300) -> None:
         from google.protobuf import json_format

@@ -31,7 +31,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         optimize=not args.no_optimize,
         keep_plain=args.keep_plain,
-        ids_dtype=args.ids_dtype,
+        ids_dtype=args.ids_dtype or ("int32" if args.target == "tensorrt" else "int64"),
+        target=args.target,
+        max_batch=args.max_batch,
     )
     with progress(f"export {args.family}") as step:
         report = export(args.family, options, step)
@@ -115,6 +117,20 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     )
     for path in paths:
         print(path)
+    return 0
+
+
+def cmd_env(args: argparse.Namespace) -> int:
+    from vlpserve.env import collect, render
+
+    env = collect(triton=not args.no_triton)
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps(dataclasses.asdict(env), indent=2))
+    else:
+        print(render(env))
     return 0
 
 
@@ -256,8 +272,18 @@ def parser() -> argparse.ArgumentParser:
     export.add_argument("--keep-plain", action="store_true", help="keep the unfused graph too")
     export.add_argument("--no-optimize", action="store_true", help="skip ORT fusions")
     export.add_argument(
-        "--ids-dtype", choices=["int64", "int32"], default="int64", help="BLIP token id inputs"
+        "--ids-dtype",
+        choices=["int64", "int32"],
+        default=None,
+        help="BLIP token id inputs (default int64; int32 for --target tensorrt)",
     )
+    export.add_argument(
+        "--target",
+        choices=["onnxruntime", "tensorrt"],
+        default="onnxruntime",
+        help="tensorrt: standard operators only, fp16 overflow spots in fp32, a profile",
+    )
+    export.add_argument("--max-batch", type=int, default=64, help="the TensorRT profile's")
     export.set_defaults(func=cmd_export)
 
     repo = sub.add_parser("repo", help="build or validate a Triton model repository")
@@ -335,6 +361,11 @@ def parser() -> argparse.ArgumentParser:
         "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"
     )
     serve.set_defaults(func=cmd_serve)
+
+    env = sub.add_parser("env", help="versions, CUDA, which execution providers work and why")
+    env.add_argument("--json", action="store_true")
+    env.add_argument("--no-triton", action="store_true", help="do not start a tritonserver")
+    env.set_defaults(func=cmd_env)
 
     deploy = sub.add_parser("deploy", help="manifests for a cluster")
     deploy_sub = deploy.add_subparsers(dest="target", required=True)
