@@ -9,6 +9,7 @@ most ``max_concurrency`` at a time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -22,7 +23,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from vlpserve.client import blip, calls
 from vlpserve.client.base import ClientBase, unary, unary_result
-from vlpserve.client.calls import Generate, Op, Plan
+from vlpserve.client.calls import Generate, GetConfig, Infer, IsReady, Op, Plan
 from vlpserve.client.inputs import ImageInput
 from vlpserve.client.replicas import Replica, addresses, name_of
 from vlpserve.client.segmentation import Segmentation
@@ -51,6 +52,7 @@ class AsyncClient(ClientBase):
     def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any) -> None:
         super().__init__(url, **options)
         self._limit = asyncio.Semaphore(self.options.max_concurrency)
+        self._fetching: dict[str, asyncio.Future[None]] = {}  # configurations being asked for
 
     # -- carrying plans out -----------------------------------------------------------------
 
@@ -88,6 +90,10 @@ class AsyncClient(ClientBase):
                 return replica
             except grpc.RpcError:
                 self.replicas.failed(replica)
+                self.replicas.release(replica)
+            except BaseException:  # cancelled meanwhile: the slot is not the caller's yet
+                self.replicas.release(replica, check_abandoned=True)
+                raise
 
     async def _run(self, plan: Plan[T]) -> T:
         """Drive a plan: perform what it yields, send the results back, return its answer."""
@@ -123,17 +129,34 @@ class AsyncClient(ClientBase):
             async for _ in self._pieces(op, texts, deadline):
                 pass
             return texts.ordered()
-        cached = self._cached(op)
-        if cached is not None:
-            return cached
+        if isinstance(op, GetConfig):
+            return await self._config(op, deadline)
+        return await self._unary(op, deadline)
+
+    async def _config(self, op: GetConfig, deadline: float) -> Any:
+        """A model's configuration, asked for once however many calls want it at once."""
+        loop = asyncio.get_running_loop()
+        while (cached := self._cached(op)) is None:
+            fetching = self._fetching.get(op.model)
+            if fetching is None:
+                fetching = self._fetching[op.model] = loop.create_future()
+                try:
+                    return await self._unary(op, deadline)
+                finally:  # on failure, the next waiter asks in turn
+                    del self._fetching[op.model]
+                    fetching.set_result(None)
+            with contextlib.suppress(TimeoutError):  # the deadline is checked on the next turn
+                left = self._remaining(op, deadline, loop.time())
+                await asyncio.wait_for(asyncio.shield(fetching), left)
+        return cached
+
+    async def _unary(self, op: Infer | GetConfig | IsReady, deadline: float) -> Any:
         loop = asyncio.get_running_loop()
         attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, loop.time())
-            replica = await self._replica(tried, deadline)
             method, request = unary(op, timeout)
-            replica.in_flight += 1
-            replica.calls += 1
+            replica = await self._replica(tried, deadline)  # counted in flight until released
             try:
                 response = await getattr(self._stub(replica), method)(
                     request, timeout=timeout, metadata=self._metadata
@@ -144,7 +167,7 @@ class AsyncClient(ClientBase):
                 wait, attempt = self._next_try(op, exc, replica, tried, attempt, left)
                 await asyncio.sleep(wait)
             finally:
-                replica.in_flight -= 1
+                self.replicas.release(replica)
 
     async def _pieces(
         self, op: Generate, texts: blip.Texts, deadline: float
@@ -155,13 +178,12 @@ class AsyncClient(ClientBase):
         attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, loop.time())
-            replica = await self._replica(tried, deadline)
-            call = self._stub(replica).ModelStreamInfer(
-                iter(op.requests), timeout=timeout, metadata=self._metadata
-            )
-            replica.in_flight += 1
-            replica.calls += 1
+            replica = await self._replica(tried, deadline)  # counted in flight until released
+            call = None
             try:
+                call = self._stub(replica).ModelStreamInfer(
+                    iter(op.requests), timeout=timeout, metadata=self._metadata
+                )
                 async for message in call:
                     yield texts.add(message)
                     if texts.stop_reading():
@@ -175,8 +197,8 @@ class AsyncClient(ClientBase):
                 )
                 await asyncio.sleep(wait)
             finally:
-                replica.in_flight -= 1
-                if not texts.done:
+                self.replicas.release(replica)
+                if call is not None and not texts.done:
                     call.cancel()
 
     # -- public API -------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from vlpserve.client import blip, calls
 from vlpserve.client.base import ClientBase, unary, unary_result
-from vlpserve.client.calls import Generate, Op, Plan
+from vlpserve.client.calls import Generate, GetConfig, Infer, IsReady, Op, Plan
 from vlpserve.client.inputs import ImageInput
 from vlpserve.client.replicas import Replica, resolve
 from vlpserve.client.segmentation import Segmentation
@@ -59,6 +59,8 @@ class Client(ClientBase):
     def __init__(self, url: str | Sequence[str] = "localhost:8001", **options: Any) -> None:
         super().__init__(url, **options)
         self._lock = threading.Lock()
+        self._fetching: dict[str, threading.Event] = {}  # configurations being asked for
+        self._fetching_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(
             max_workers=self.options.max_concurrency, thread_name_prefix="vlpserve"
         )
@@ -95,6 +97,10 @@ class Client(ClientBase):
                 return replica
             except grpc.RpcError:
                 self.replicas.failed(replica)
+                self.replicas.release(replica)
+            except BaseException:  # cancelled meanwhile: the slot is not the caller's yet
+                self.replicas.release(replica, check_abandoned=True)
+                raise
 
     # -- carrying plans out -----------------------------------------------------------------
 
@@ -123,16 +129,34 @@ class Client(ClientBase):
             for _ in self._pieces(op, texts, deadline):
                 pass
             return texts.ordered()
-        cached = self._cached(op)
-        if cached is not None:
-            return cached
+        if isinstance(op, GetConfig):
+            return self._config(op, deadline)
+        return self._unary(op, deadline)
+
+    def _config(self, op: GetConfig, deadline: float) -> Any:
+        """A model's configuration, asked for once however many calls want it at once."""
+        while (cached := self._cached(op)) is None:
+            with self._fetching_lock:
+                fetching = self._fetching.get(op.model)
+                mine = fetching is None
+                if fetching is None:
+                    fetching = self._fetching[op.model] = threading.Event()
+            if mine:
+                try:
+                    return self._unary(op, deadline)
+                finally:  # on failure, the next waiter asks in turn
+                    with self._fetching_lock:
+                        del self._fetching[op.model]
+                    fetching.set()
+            fetching.wait(self._remaining(op, deadline, time.monotonic()))
+        return cached
+
+    def _unary(self, op: Infer | GetConfig | IsReady, deadline: float) -> Any:
         attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, time.monotonic())
-            replica = self._replica(tried, deadline)
             method, request = unary(op, timeout)
-            replica.in_flight += 1
-            replica.calls += 1
+            replica = self._replica(tried, deadline)  # counted in flight until released
             try:
                 response = getattr(self._stub(replica), method)(
                     request, timeout=timeout, metadata=self._metadata
@@ -143,7 +167,7 @@ class Client(ClientBase):
                 wait, attempt = self._next_try(op, exc, replica, tried, attempt, left)
                 time.sleep(wait)
             finally:
-                replica.in_flight -= 1
+                self.replicas.release(replica)
 
     def _pieces(
         self, op: Generate, texts: blip.Texts, deadline: float
@@ -153,13 +177,12 @@ class Client(ClientBase):
         attempt, tried = 0, set[Replica]()
         while True:
             timeout = self._remaining(op, deadline, time.monotonic())
-            replica = self._replica(tried, deadline)
-            call = self._stub(replica).ModelStreamInfer(
-                iter(op.requests), timeout=timeout, metadata=self._metadata
-            )
-            replica.in_flight += 1
-            replica.calls += 1
+            replica = self._replica(tried, deadline)  # counted in flight until released
+            call = None
             try:
+                call = self._stub(replica).ModelStreamInfer(
+                    iter(op.requests), timeout=timeout, metadata=self._metadata
+                )
                 for message in call:
                     yield texts.add(message)
                     if texts.stop_reading():
@@ -173,8 +196,8 @@ class Client(ClientBase):
                 )
                 time.sleep(wait)
             finally:
-                replica.in_flight -= 1
-                if not texts.done:
+                self.replicas.release(replica)
+                if call is not None and not texts.done:
                     call.cancel()
 
     # -- public API -------------------------------------------------------------------------

@@ -29,7 +29,7 @@ class Replica:
 
     target: str
     connection: Any = None  # the transport's (channel, stub), made on first use
-    in_flight: int = 0
+    in_flight: int = 0  # picked and not released (counted under the Replicas' lock)
     failures: int = 0  # connection failures in a row
     ejected_until: float = 0.0
     checking: bool = False  # a health check is on its way
@@ -78,7 +78,6 @@ class Replicas:
     dns: str | None = None
     now: Callable[[], float] = time.monotonic
     replicas: list[Replica] = field(default_factory=list)
-    _turn: int = 0
     _resolved: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock)  # the sync client's threads
 
@@ -90,10 +89,23 @@ class Replicas:
         """The replica for a call, and whether it must pass a health check first (it was
         ejected and its time is up: it is checked before any other is chosen, so a server
         that is back soon takes traffic again). Among the available ones, the fewest calls
-        in flight wins; ties go round in turn. When every replica is ejected, the one back
-        soonest."""
+        in flight wins, and among those the one sent the fewest calls (the counts even out
+        whatever the phase of each server's batches). When every replica is ejected, the one
+        back soonest. The call is counted in flight on it at once, in the same step (threads
+        picking together see each other's picks): ``release`` it when the call ends."""
         with self._lock:
-            return self._pick(avoid or set())
+            replica, check = self._pick(avoid or set())
+            replica.in_flight += 1
+            replica.calls += 1
+            return replica, check
+
+    def release(self, replica: Replica, *, check_abandoned: bool = False) -> None:
+        """A picked call has ended (answered, failed, or never sent). A health check
+        abandoned midway (the call was cancelled) leaves the replica due for another."""
+        with self._lock:
+            replica.in_flight -= 1
+            if check_abandoned:
+                replica.checking = False
 
     def _pick(self, avoid: set[Replica]) -> tuple[Replica, bool]:
         now = self.now()
@@ -106,10 +118,7 @@ class Replicas:
         ready = [r for r in pool if r.available(now) and not r.failures]
         if not ready:
             return min(pool, key=lambda r: r.ejected_until), False
-        self._turn += 1
-        fewest = min(r.in_flight for r in ready)
-        tied = [r for r in ready if r.in_flight == fewest]
-        return tied[self._turn % len(tied)], False
+        return min(ready, key=lambda r: (r.in_flight, r.calls)), False
 
     def others(self, replica: Replica) -> bool:
         """Whether another replica could take a call now."""
@@ -127,6 +136,9 @@ class Replicas:
 
     def succeeded(self, replica: Replica) -> None:
         with self._lock:
+            if replica.failures:  # back: level with the others, not owed what it missed
+                others = [r.calls for r in self.replicas if r is not replica]
+                replica.calls = max([replica.calls, min(others, default=0)])
             replica.failures = 0
             replica.checking = False
             replica.ejected_until = 0.0
@@ -140,5 +152,8 @@ class Replicas:
         self._resolved = self.now()
         known = {r.target: r for r in self.replicas}
         gone = [r for r in self.replicas if r.target not in targets]
-        self.replicas = [known.get(t) or Replica(t) for t in targets] or self.replicas
+        # A newcomer starts level with the least-served one: ties would go to it until it
+        # had caught up with calls sent before it existed.
+        level = min((r.calls for r in self.replicas), default=0)
+        self.replicas = [known.get(t) or Replica(t, calls=level) for t in targets] or self.replicas
         return gone if targets else []

@@ -12,6 +12,7 @@ are loaded once at start (explicit model control): callers cannot load or unload
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import logging
@@ -368,6 +369,10 @@ class TritonServer:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
             code = process.returncode
+            # Stubs outlive a tritonserver killed from outside (seen here after SIGKILL):
+            # they are still in its process group, whose id no new process can take.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
         if self._workdir is not None:
             if self.log_path and self.log_path.is_relative_to(self._workdir.name):
                 self.log_path = None

@@ -394,8 +394,10 @@ class Engine:
                 if not self._admit():
                     return
                 for length in list(self.groups):
-                    self._step(self.groups[length])
-                    if self.groups[length].rows == 0:
+                    group = self.groups[length]
+                    if group.rows:  # empty when every job admitted into it ended at once
+                        self._step(group)
+                    if group.rows == 0:
                         del self.groups[length]
             except Exception as exc:  # fail every job in flight, keep the engine alive
                 logger.exception("generation step failed")

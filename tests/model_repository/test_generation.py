@@ -138,3 +138,55 @@ def test_parameters_are_checked() -> None:
     with pytest.raises(ValueError, match="repetition_penalty"):
         GenerationParams(repetition_penalty=0.0)
     assert np.isfinite(GenerationParams().repetition_penalty)
+
+
+def test_a_job_done_at_its_first_token_leaves_the_others_decoding(
+    blip_exports, caption_model, photos
+) -> None:
+    """A job of another encoder length (a VQA question's) that ends at its first token left
+    an empty row group behind, whose step failed every job in flight (found by the served
+    fuzz run: "zip() argument 2 is shorter than argument 1")."""
+    model, processor = caption_model
+    engine = Engine(_graphs(blip_exports["caption"]), eos=999_999)  # never stops on its own
+    image = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")
+    outcomes: dict[str, tuple[list[int] | None, str | None]] = {}
+    streamed: list[int] = []
+    started, finished = threading.Event(), threading.Event()
+
+    def record(name: str):
+        def done(ids, error) -> None:
+            outcomes[name] = (ids, error)
+            if len(outcomes) == 2:
+                finished.set()
+
+        return done
+
+    def stream(tokens: list[int]) -> None:
+        streamed.extend(tokens)
+        if len(streamed) >= 3:
+            started.set()
+
+    long_job, _ = _job(
+        model,
+        processor,
+        image,
+        None,
+        1,
+        1.0,
+        max_new_tokens=40,
+        on_tokens=stream,
+        on_done=record("long"),
+    )
+    short_job, _ = _job(
+        model, processor, image, None, 1, 1.0, max_new_tokens=1, on_done=record("short")
+    )
+    short_job.states = short_job.states[:5]  # another encoder length: a group of its own
+    engine.submit(long_job)
+    assert started.wait(60)
+    engine.submit(short_job)
+    assert finished.wait(60)
+    engine.close()
+    ids, error = outcomes["short"]
+    assert error is None and ids is not None and len(ids) == len(short_job.prompt) + 1
+    ids, error = outcomes["long"]
+    assert error is None and ids is not None and len(ids) == len(long_job.prompt) + 40
