@@ -29,6 +29,7 @@ TEXTS = (
 SEGMENT_LABELS = (
     "cat", "dog", "grass", "sky", "wall", "person", "car", "tree", "water", "building",
 )  # fmt: skip
+FRONT_DOOR_FAMILIES = ("openai", "http")
 QUESTIONS = ("what animal is this?", "what is in the picture?", "where is it?", "is it red?")
 
 
@@ -64,6 +65,11 @@ class Scenario:
     items_per_request: int = 1
     family: str = "clip"
     description: str = ""
+
+    @property
+    def front_door(self) -> bool:
+        """Sent to the OpenAI front door rather than to Triton."""
+        return self.family in FRONT_DOOR_FAMILIES
 
 
 def build_scenarios(
@@ -141,27 +147,39 @@ def build_scenarios(
         ),
     ]
 
-    # The same embeddings through the OpenAI front door, sent with the official openai client.
+    # The same embeddings through the OpenAI front door: sent with the official openai
+    # client as pipelines send them (its default encoding, base64), and with the bench's
+    # bare HTTP client (benchmarks.http_client), which tells the front door's own cost
+    # apart from the SDK's.
     def openai_embedding(item: Callable[[int], str]) -> Callable[[Any, int], Awaitable[Any]]:
-        return lambda c, i: c.embeddings.create(
-            model="clip", input=[item(i)], encoding_format="float"
+        return lambda c, i: c.embeddings.create(model="clip", input=[item(i)])
+
+    def http_embedding(item: Callable[[int], str]) -> Callable[[Any, int], Awaitable[Any]]:
+        return lambda c, i: c.post(
+            "/embeddings", {"model": "clip", "input": [item(i)], "encoding_format": "base64"}
         )
 
     behind = ("clip_text", "clip_tokenizer", "clip_image_preprocessor", "clip_image_encoder")
-    for name, item in (
-        ("clip_text_openai", lambda i: str(pick(TEXTS, i))),
-        ("clip_image_openai", lambda i: data_url(pick(jpegs, i))),
-    ):
-        scenarios.append(
-            Scenario(
-                name=name,
-                model=name.removesuffix("_openai"),
-                stats_models=behind,
-                send=openai_embedding(item),
-                family="openai",
-                description="one item per request, POST /v1/embeddings through the front door",
+    items: dict[str, Callable[[int], str]] = {
+        "text": lambda i: str(pick(TEXTS, i)),
+        "image": lambda i: data_url(pick(jpegs, i)),
+    }
+    for kind, item in items.items():
+        for family, send, sent_with in (
+            ("openai", openai_embedding(item), "the official openai client"),
+            ("http", http_embedding(item), "a bare HTTP/1.1 client"),
+        ):
+            scenarios.append(
+                Scenario(
+                    name=f"clip_{kind}_{family}",
+                    model=f"clip_{kind}",
+                    stats_models=behind,
+                    send=send,
+                    family=family,
+                    description=f"one item per request, POST /v1/embeddings through the front "
+                    f"door, sent with {sent_with}",
+                )
             )
-        )
     if pixel_values is not None:
         scenarios.insert(
             2,

@@ -47,9 +47,13 @@ P99_TARGET = 1.5
 
 
 def status_of(exc: BaseException | None) -> str:
-    """The gRPC status name a failed request stands for ("OK" for none)."""
+    """The gRPC status name a failed request stands for ("OK" for none); through the
+    front door, the HTTP status ("HTTP 429")."""
     if exc is None:
         return "OK"
+    http_status = getattr(exc, "status_code", None) or getattr(exc, "status", None)
+    if isinstance(http_status, int):  # openai.APIStatusError, the bench's HTTPStatusError
+        return f"HTTP {http_status}"
     for kind, name in STATUS_OF:
         if isinstance(exc, kind):
             return name

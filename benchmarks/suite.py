@@ -34,6 +34,8 @@ ALL_SCENARIOS = (
     "clip_image",
     "clip_text_openai",
     "clip_image_openai",
+    "clip_text_http",
+    "clip_image_http",
     "clip_image_tensor",
     "groupvit_segment",
     "blip_caption",
@@ -46,6 +48,8 @@ CHECKPOINT_OF = {
     "clip_image": "clip",
     "clip_text_openai": "clip",
     "clip_image_openai": "clip",
+    "clip_text_http": "clip",
+    "clip_image_http": "clip",
     "clip_image_tensor": "clip",
     "groupvit_segment": "groupvit",
     "blip_caption": "blip-caption",
@@ -278,7 +282,7 @@ def run_bench(
                 server.stop()
     front_door = None
     wanted = [known[s] for s in options.scenarios if s in known]
-    if any(s.family == "openai" for s in wanted) and not options.openai_url and server:
+    if any(s.front_door for s in wanted) and not options.openai_url and server:
         front_door = FrontDoor(url)
         options = _with(options, openai_url=front_door.url)
     stats_clients = {u: grpcclient.InferenceServerClient(u) for u in url.split(",")}
@@ -312,7 +316,7 @@ def run_bench(
             if not stats_client.is_model_ready(scenario.model):
                 result["absent"][name] = f"{scenario.model} not served"
                 continue
-            if scenario.family == "openai" and not options.openai_url:
+            if scenario.front_door and not options.openai_url:
                 result["absent"][name] = "give the front door's --openai-url"
                 continue
             progress(f"{name}: concurrency {list(options.concurrency)}")
@@ -353,7 +357,7 @@ def _soak(
     chosen = [
         known[name]
         for name in options.scenarios
-        if name in known and (known[name].family != "openai" or options.openai_url)
+        if name in known and (not known[name].front_door or options.openai_url)
     ]
     if not chosen:
         raise ConfigError("none of the soak's scenarios is served")
@@ -405,6 +409,11 @@ def _client(family: str, url: str, options: BenchOptions) -> Any:
         return openai.AsyncOpenAI(
             base_url=options.openai_url, api_key="bench", max_retries=0, timeout=60.0
         )
+    if family == "http":
+        from vlpserve.benchmarks.http_client import JSONPoster
+
+        assert options.openai_url is not None  # front-door scenarios run only with one
+        return JSONPoster(options.openai_url)
     from vlpserve.client import AsyncClient
 
     # Several replicas (a,b,c): one client spreads over them, failing over as a service would.

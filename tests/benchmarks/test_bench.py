@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +73,36 @@ def test_smoke_every_scenario(triton, front_door, tmp_path: Path) -> None:
     assert "Generation engine at the best point" in markdown
     for name in report["scenarios"]:
         assert (tmp_path / f"{name}.png").read_bytes().startswith(PNG)
+
+
+def test_the_bare_http_client_keeps_its_connection_and_reports_statuses(front_door) -> None:
+    """The bench's HTTP client (the *_http scenarios): answers on one kept-alive connection,
+    refusals counted by their HTTP status, the connection kept after one."""
+    import asyncio
+
+    from vlpserve.benchmarks.http_client import HTTPStatusError, JSONPoster
+    from vlpserve.benchmarks.soak import status_of
+
+    async def body() -> tuple[list[Any], list[BaseException]]:
+        client = JSONPoster(front_door.url)
+        answers: list[Any] = []
+        errors: list[BaseException] = []
+        try:
+            for model in ("clip", "no-such-model", "clip"):
+                try:
+                    answers.append(await client.post("/embeddings", {"model": model, "input": "a"}))
+                except HTTPStatusError as exc:
+                    errors.append(exc)
+            assert len(client._idle) == 1  # one connection for the three requests
+        finally:
+            await client.close()
+        return answers, errors
+
+    answers, errors = asyncio.run(body())
+    assert [a["object"] for a in answers] == ["list", "list"]
+    assert len(answers[0]["data"][0]["embedding"]) > 0
+    assert [status_of(e) for e in errors] == ["HTTP 404"]
+    assert "no-such-model" in str(errors[0])
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
@@ -386,7 +417,7 @@ def test_soak_report(triton, tmp_path: Path) -> None:
         )
     )
     assert report["requests"] > 0 and set(report["statuses"]) == {"OK"}, report["error_samples"]
-    grpc_only = {s for s in ALL_SCENARIOS if not s.endswith("_openai")}
+    grpc_only = {s for s in ALL_SCENARIOS if not s.endswith(("_openai", "_http"))}
     assert set(report["per_scenario"]) == grpc_only - {"clip_image_tensor"}
     assert len(report["windows"]) >= 4
     assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in report["windows"])
