@@ -136,7 +136,8 @@ def shape_of(config_text: str, weight_bytes: int, *, where: str = "") -> ModelSh
     params = {key: value.string_value for key, value in config.parameters.items()}
     backend = config.backend or ("ensemble" if config.platform == "ensemble" else config.platform)
     groups = list(config.instance_group) or [pb.ModelInstanceGroup(count=1)]
-    instances = sum(max(1, g.count) for g in groups)
+    # A group that lists GPU ids has ``count`` instances on each of them.
+    instances = sum(max(1, g.count) * max(1, len(g.gpus)) for g in groups)
     gpu = any(g.kind == pb.ModelInstanceGroup.KIND_GPU for g in groups)
     total, variable = 0, False
     for tensor in [*config.input, *config.output]:

@@ -75,7 +75,10 @@ class RepositoryOptions:
     export_dir: Path
     out: Path
     runtime: Runtime = Runtime.PYTHON
-    device: Device | None = None  # default: CPU for python, GPU for onnxruntime
+    device: Device | None = None  # default: CPU for python, GPU for onnxruntime (or gpus)
+    # The GPUs the graph-running models' instances go on (each gets ``encoder_instances``);
+    # empty: every GPU Triton sees. Tokenizers and image decoding stay on CPU threads.
+    gpus: tuple[int, ...] = ()
     max_batch_size: int = 64
     # 0: an idle instance runs what is queued at once, and under load requests queue while
     # it is busy, so batches still form. Measured on the 2-core CPU machine (RESULTS.md):
@@ -94,11 +97,16 @@ class RepositoryOptions:
         object.__setattr__(self, "export_dir", Path(self.export_dir))
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "runtime", Runtime(self.runtime))
+        object.__setattr__(self, "gpus", tuple(self.gpus))
         if self.device is None:
-            default = Device.GPU if self.runtime is Runtime.ONNXRUNTIME else Device.CPU
-            object.__setattr__(self, "device", default)
+            on_gpu = self.runtime is Runtime.ONNXRUNTIME or bool(self.gpus)
+            object.__setattr__(self, "device", Device.GPU if on_gpu else Device.CPU)
         else:
             object.__setattr__(self, "device", Device(self.device))
+        if self.gpus and self.device is not Device.GPU:
+            raise ConfigError("GPU ids (--gpus) need the GPU device")
+        if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError(f"GPU ids must be distinct and >= 0, got {list(self.gpus)}")
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
         if self.encoder_instances < 1 or self.preprocess_instances < 1:
@@ -242,6 +250,7 @@ class _Builder(_Renderer):
             batching=self.batching,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
+            gpus=self.options.gpus,
             parameters=parameters,
             gpu_accelerators=accelerators,
         )
@@ -359,6 +368,7 @@ class _Builder(_Renderer):
             batching=self.batching,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
+            gpus=self.options.gpus,
             parameters=params.to_config(),
         )
 
@@ -447,6 +457,7 @@ class _BlipBuilder(_Renderer):
             batching=self.batching if batched else None,
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
+            gpus=self.options.gpus,
             parameters=GraphParams().to_config() if self.python else {},
         )
 

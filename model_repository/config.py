@@ -100,6 +100,7 @@ class ModelConfig:
     batching: Batching | None = None
     instances: int = 1
     device: Device = Device.CPU
+    gpus: tuple[int, ...] = ()  # KIND_GPU: ``instances`` on each of these (default: every GPU)
     parameters: Mapping[str, str] = field(default_factory=dict)
     steps: tuple[EnsembleStep, ...] = ()
     gpu_accelerators: tuple[Accelerator, ...] = ()
@@ -116,6 +117,10 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: dynamic batching needs max_batch_size > 0")
         if any(t.ragged for t in self.outputs):
             raise ConfigError(f"{self.name}: only inputs can be ragged")
+        if self.gpus and self.device is not Device.GPU:
+            raise ConfigError(f"{self.name}: GPU ids need the GPU device")
+        if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
+            raise ConfigError(f"{self.name}: GPU ids must be distinct and >= 0: {self.gpus}")
 
     def to_proto(self) -> pb.ModelConfig:
         """The ``model_config_pb2.ModelConfig`` message."""
@@ -147,7 +152,7 @@ class ModelConfig:
             if self.device is Device.GPU
             else pb.ModelInstanceGroup.KIND_CPU
         )
-        msg.instance_group.add(count=self.instances, kind=kind)
+        msg.instance_group.add(count=self.instances, kind=kind, gpus=list(self.gpus))
         if self.batching:
             batching = msg.dynamic_batching
             batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us

@@ -20,6 +20,17 @@ from vlpserve.errors import VlpserveError
 EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
 
 
+def gpu_ids(text: str) -> tuple[int, ...]:
+    """``0,1,3`` -> (0, 1, 3), for argparse."""
+    try:
+        found = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected GPU ids such as 0,1: {text!r}") from exc
+    if not found or any(g < 0 for g in found) or len(set(found)) != len(found):
+        raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0: {text!r}")
+    return found
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from vlpserve.export import ExportOptions, export
     from vlpserve.progress import progress
@@ -57,6 +68,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             out=args.out,
             runtime=args.runtime,
             device=args.device,
+            gpus=args.gpus,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             encoder_instances=args.encoder_instances,
@@ -293,6 +305,12 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True, type=Path)
     build.add_argument("--runtime", choices=["python", "onnxruntime"], default="python")
     build.add_argument("--device", choices=["cpu", "gpu"], default=None)
+    build.add_argument(
+        "--gpus",
+        type=gpu_ids,
+        default=(),
+        help="GPU ids (0,1,...): the encoders' instances on each (implies --device gpu)",
+    )
     build.add_argument("--max-batch-size", type=int, default=64)
     build.add_argument("--max-queue-delay-us", type=int, default=0)
     build.add_argument("--encoder-instances", type=int, default=1)

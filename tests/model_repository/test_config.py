@@ -179,3 +179,40 @@ def test_zero_queue_delay_keeps_dynamic_batching() -> None:
     parsed = text_format.Parse(to_text(config.to_proto()), pb.ModelConfig())
     assert parsed.HasField("dynamic_batching")
     assert parsed.dynamic_batching.max_queue_delay_microseconds == 0
+
+
+def test_gpu_ids_place_the_graph_models_on_each_gpu(clip_export: Path, tmp_path: Path) -> None:
+    """`repo build --gpus 0,1`: the models that run graphs get KIND_GPU instances on GPUs 0
+    and 1 (``encoder_instances`` on each); tokenizing and image decoding stay on CPU. The
+    rendered repository validates, and /dev/shm sizing counts an instance per GPU."""
+    from vlpserve.cli import main
+    from vlpserve.deploy.sizing import inspect
+
+    out = tmp_path / "repo"
+    assert main(["repo", "build", str(clip_export), "--out", str(out), "--gpus", "0,1"]) == 0
+    kinds = {}
+    for name in ("clip_text", "clip_image_encoder", "clip_image_preprocessor"):
+        (group,) = read_config(out / name / "config.pbtxt").instance_group
+        kinds[name] = (pb.ModelInstanceGroup.Kind.Name(group.kind), list(group.gpus), group.count)
+    assert kinds == {
+        "clip_text": ("KIND_GPU", [0, 1], 1),
+        "clip_image_encoder": ("KIND_GPU", [0, 1], 1),
+        "clip_image_preprocessor": ("KIND_CPU", [], 1),
+    }
+    assert validate_repository(out).ok
+    shape = {m.name: m for m in inspect(out).models}
+    assert shape["clip_image_encoder"].instances == 2
+    assert shape["clip_image_preprocessor"].instances == 1
+
+
+def test_gpu_ids_are_checked(clip_export: Path, tmp_path: Path, capsys) -> None:
+    from vlpserve.cli import main
+    from vlpserve.model_repository import RepositoryOptions
+
+    with pytest.raises(ConfigError, match="need the GPU device"):
+        RepositoryOptions(export_dir=clip_export, out=tmp_path, device="cpu", gpus=(0,))
+    with pytest.raises(ConfigError, match="distinct"):
+        RepositoryOptions(export_dir=clip_export, out=tmp_path, gpus=(1, 1))
+    with pytest.raises(SystemExit):
+        main(["repo", "build", str(clip_export), "--out", str(tmp_path), "--gpus", "0,x"])
+    assert "expected GPU ids" in capsys.readouterr().err
