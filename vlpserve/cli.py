@@ -252,6 +252,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gpu_check(args: argparse.Namespace) -> int:
+    from vlpserve.benchmarks.gpu_check import options, run_gpu_check
+    from vlpserve.progress import progress
+
+    bench = options(
+        Path(args.out),
+        size=args.size,
+        workdir=Path(args.workdir) if args.workdir else None,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        budget_s=args.budget,
+        command="vlpserve " + " ".join(sys.argv[1:]),
+    )
+    with progress("gpu-check") as step:
+        found = run_gpu_check(bench, step)
+    print(Path(found["files"]["markdown"]).read_text())
+    print(f"report: {found['files']['json']}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from vlpserve.demo import run_demo
 
@@ -428,6 +448,23 @@ def parser() -> argparse.ArgumentParser:
     )
     openai.add_argument("--tls-ca", default=None, help="PEM: the server's gRPC is TLS")
     openai.set_defaults(func=cmd_openai)
+
+    check = sub.add_parser(
+        "gpu-check",
+        help="the prepared GPU measurement: CLIP B/32 and BLIP base served vs in process",
+    )
+    check.add_argument("--out", required=True, help="folder for the reports")
+    check.add_argument("--size", choices=["tiny", "base"], default="base", help="tiny: a smoke")
+    check.add_argument("--workdir", default=None, help="exports and repository (default: OUT/work)")
+    check.add_argument("--warmup", type=float, default=2.0, help="seconds per point")
+    check.add_argument("--duration", type=float, default=8.0, help="seconds per point")
+    check.add_argument(
+        "--budget",
+        type=float,
+        default=360.0,
+        help="no load point starts later than this many seconds after the start",
+    )
+    check.set_defaults(func=cmd_gpu_check)
 
     bench = sub.add_parser("bench", help="throughput and latency of the served tasks")
     bench.add_argument(
