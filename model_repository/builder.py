@@ -207,6 +207,26 @@ class _Renderer:
         shutil.copy2(src, folder.preprocessor_file)
 
 
+def trt_profile(
+    inputs: tuple[TensorConfig, ...], max_batch: int, max_sequence: int
+) -> dict[str, str]:
+    """The TensorRT accelerator's one optimization profile (onnxruntime backend keys
+    ``trt_profile_{min,opt,max}_shapes``): batch 1 to ``max_batch`` (the dynamic batcher's
+    largest), a variable axis (token positions) 1 to ``max_sequence``; opt at half the
+    largest batch and the longest sequence. One engine then covers every batch the batcher
+    forms, instead of one built per new shape."""
+    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
+    for tensor in inputs:
+        for which, batch, variable in (
+            ("min", 1, 1),
+            ("opt", max(1, max_batch // 2), max_sequence),
+            ("max", max_batch, max_sequence),
+        ):
+            dims = [batch, *(d if d > 0 else variable for d in tensor.dims)]
+            shapes[which].append(f"{tensor.name}:" + "x".join(str(d) for d in dims))
+    return {f"trt_profile_{which}_shapes": ",".join(found) for which, found in shapes.items()}
+
+
 class _Builder(_Renderer):
     """Renders one dual-encoder family (CLIP-like) export into a repository."""
 
@@ -238,6 +258,9 @@ class _Builder(_Renderer):
                         "precision_mode": "FP16",
                         "max_workspace_size_bytes": str(2 << 30),
                         "trt_engine_cache_enable": "1",
+                        **trt_profile(
+                            inputs, self.options.max_batch_size, self.report.max_text_length
+                        ),
                     },
                 ),
             )

@@ -12,6 +12,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from vlpserve.contract import blip_models, embedding_models
 from vlpserve.errors import ConfigError, RepositoryError
+from vlpserve.export.report import ExportReport
 from vlpserve.model_repository import validate_repository
 from vlpserve.model_repository.config import (
     Batching,
@@ -77,6 +78,18 @@ def test_onnxruntime_flavour_configs(onnxruntime_repo: Path, clip_export: Path) 
     assert encoder.instance_group[0].kind == pb.ModelInstanceGroup.KIND_GPU
     (trt,) = encoder.optimization.execution_accelerators.gpu_execution_accelerator
     assert trt.name == "tensorrt" and trt.parameters["precision_mode"] == "FP16"
+    # One optimization profile over every batch the batcher forms (and every text length).
+    size = encoder.max_batch_size
+    assert trt.parameters["trt_profile_min_shapes"] == "pixel_values:1x3x224x224"
+    assert trt.parameters["trt_profile_max_shapes"] == f"pixel_values:{size}x3x224x224"
+    (text_trt,) = read_config(
+        onnxruntime_repo / "clip_text_encoder" / "config.pbtxt"
+    ).optimization.execution_accelerators.gpu_execution_accelerator
+    longest = ExportReport.read(clip_export).max_text_length
+    assert text_trt.parameters["trt_profile_max_shapes"] == ",".join(
+        f"{name}:{size}x{longest}" for name in ("input_ids", "attention_mask")
+    )
+    assert text_trt.parameters["trt_profile_min_shapes"] == "input_ids:1x1,attention_mask:1x1"
     assert [t.name for t in encoder.input] == ["pixel_values"]
     assert list(encoder.input[0].dims) == [3, 224, 224]
     assert list(encoder.output[0].dims) == [16]
