@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from vlpserve.benchmarks.report import best_point
-from vlpserve.benchmarks.suite import BenchOptions, run_bench
+from vlpserve.benchmarks.suite import BenchOptions, cuda_available, run_bench
 from vlpserve.export.checkpoints import Size
 from vlpserve.export.common import Precision
 
@@ -27,14 +27,6 @@ CONCURRENCY = (1, 32)
 IMAGES_VS_ORT = 0.8  # served CLIP images (tensor level) against in-process ONNX Runtime
 TEXT_ROUND_TRIP_MS = 3.0  # batch-1 text, p50
 CAPTIONS_VS_HF = 5.0  # BLIP captions at c=32 against Hugging Face generate at batch 1
-
-
-def has_cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
 
 
 def options(
@@ -58,7 +50,7 @@ def options(
         out=out,
         size=size,
         baselines=True,
-        precision=Precision.FP16 if has_cuda() else Precision.FP32,
+        precision=Precision.FP16 if cuda_available() else Precision.FP32,
         command=command,
     )
 

@@ -483,13 +483,17 @@ def graph_accuracy(deployed: dict[str, tuple[str, Path]]) -> dict[str, dict[str,
     return out
 
 
-def _default_device() -> str:
+def cuda_available() -> bool:
+    """Whether PyTorch sees a CUDA GPU here."""
     try:
         import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
     except ImportError:
-        return "cpu"
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def _default_device() -> str:
+    return "gpu" if cuda_available() else "cpu"
 
 
 def _with(options: BenchOptions, **changes: Any) -> BenchOptions:

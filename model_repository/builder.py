@@ -211,20 +211,24 @@ def trt_profile(
     inputs: tuple[TensorConfig, ...], max_batch: int, max_sequence: int
 ) -> dict[str, str]:
     """The TensorRT accelerator's one optimization profile (onnxruntime backend keys
-    ``trt_profile_{min,opt,max}_shapes``): batch 1 to ``max_batch`` (the dynamic batcher's
-    largest), a variable axis (token positions) 1 to ``max_sequence``; opt at half the
-    largest batch and the longest sequence. One engine then covers every batch the batcher
-    forms, instead of one built per new shape."""
-    shapes: dict[str, list[str]] = {"min": [], "opt": [], "max": []}
-    for tensor in inputs:
-        for which, batch, variable in (
-            ("min", 1, 1),
-            ("opt", max(1, max_batch // 2), max_sequence),
-            ("max", max_batch, max_sequence),
-        ):
-            dims = [batch, *(d if d > 0 else variable for d in tensor.dims)]
-            shapes[which].append(f"{tensor.name}:" + "x".join(str(d) for d in dims))
-    return {f"trt_profile_{which}_shapes": ",".join(found) for which, found in shapes.items()}
+    ``trt_profile_{min,opt,max}_shapes``), as the export computes profiles
+    (``export.tensorrt.profile``): batch 1 to ``max_batch`` (the dynamic batcher's largest),
+    a variable axis (token positions) 1 to ``max_sequence``. One engine then covers every
+    batch the batcher forms, instead of one built per new shape."""
+    from vlpserve.export.tensorrt import profile
+
+    shapes = {t.name: (max_batch, *(d if d > 0 else max_sequence for d in t.dims)) for t in inputs}
+    axes = {
+        t.name: {0: "batch"} | {i + 1: "sequence" for i, d in enumerate(t.dims) if d <= 0}
+        for t in inputs
+    }
+    found = profile(shapes, axes, max_batch=max_batch, max_sequence=max_sequence)
+    return {
+        f"trt_profile_{which}_shapes": ",".join(
+            f"{name}:" + "x".join(str(d) for d in bounds[which]) for name, bounds in found.items()
+        )
+        for which in ("min", "opt", "max")
+    }
 
 
 class _Builder(_Renderer):

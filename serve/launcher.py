@@ -369,8 +369,8 @@ class TritonServer:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
             code = process.returncode
-            # Stubs outlive a tritonserver killed from outside (seen here after SIGKILL):
-            # they are still in its process group, whose id no new process can take.
+            # A safeguard: stubs normally leave with their tritonserver, but one killed from
+            # outside could leave some behind; they are still in its process group.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
         if self._workdir is not None:

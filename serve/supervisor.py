@@ -41,15 +41,26 @@ def _stat(pid: int) -> list[str] | None:
     return text[text.rindex(")") + 2 :].split()
 
 
-def children(parent: int) -> list[int]:
-    """Live (not zombie) child processes of ``parent``."""
+def _live(field: int, value: int) -> list[int]:
+    """Live (not zombie) processes whose stat ``field`` (1: parent, 2: group) is ``value``."""
     found = []
     for entry in PROC.iterdir():
         if entry.name.isdigit():
             fields = _stat(int(entry.name))
-            if fields and fields[1] == str(parent) and fields[0] != "Z":
+            if fields and fields[field] == str(value) and fields[0] != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def children(parent: int) -> list[int]:
+    """Live (not zombie) child processes of ``parent``."""
+    return _live(1, parent)
+
+
+def in_group(group: int) -> list[int]:
+    """Live (not zombie) processes of process group ``group`` (a tritonserver started in a
+    session of its own leads one, and its stubs are in it)."""
+    return _live(2, group)
 
 
 def stubs(server_pid: int) -> list[Stub]:
