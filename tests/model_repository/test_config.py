@@ -229,3 +229,6 @@ def test_gpu_ids_are_checked(clip_export: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["repo", "build", str(clip_export), "--out", str(tmp_path), "--gpus", "0,x"])
     assert "expected GPU ids" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["repo", "build", str(clip_export), "--out", str(tmp_path), "--gpus", "1,1"])
+    assert "expected distinct GPU ids" in capsys.readouterr().err
