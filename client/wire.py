@@ -46,6 +46,8 @@ RESTRICTED = "This protocol is restricted"
 QUEUE_FULL = "Exceeds maximum queue size"
 TIMED_OUT_IN_QUEUE = "Request timeout expired"
 UNLOADED = "has no available versions"
+# Triton shutting down; inside a stream it comes as a message without a status code.
+STOPPING = "stopped accepting new inference requests"
 
 _ITEM = re.compile(r"\bitem (\d+)")
 
@@ -162,7 +164,7 @@ def translate(
         return Overloaded(f"{what}: the server is overloaded ({message})")
     if TIMED_OUT_IN_QUEUE in message:
         return DeadlineExceeded(text)
-    if UNLOADED in message:  # the server is stopping (or reloading the model): go elsewhere
+    if UNLOADED in message or STOPPING in message:  # stopping (or reloading): go elsewhere
         return ServerUnavailable(text)
     if "unknown model" in message or "is not ready" in message or code == grpc.StatusCode.NOT_FOUND:
         return ModelNotReady(text)

@@ -197,3 +197,17 @@ def test_retries_stop_at_the_deadline() -> None:
     with client, pytest.raises((ServerUnavailable, DeadlineExceeded)):
         client.embed_texts(["hello"])
     assert time.monotonic() - started < 1.0
+
+
+def test_a_stopping_server_refusing_inside_a_stream_is_unavailable() -> None:
+    """Triton refusing a stream's request while it shuts down sends its message inside the
+    stream, with no status code (seen in CI under SIGTERM): still ServerUnavailable, as the
+    same refusal of a unary call is, so that callers go to another replica."""
+    from vlpserve.client.blip import stream_error
+
+    refused = stream_error(
+        "blip_caption",
+        "Server is stopping, scheduler for model has stopped accepting new inference requests",
+        0,
+    )
+    assert isinstance(refused, ServerUnavailable) and "stopping" in str(refused)
