@@ -76,9 +76,15 @@ def test_calls_spread_over_the_replicas(replicas) -> None:
     ):
         list(pool.map(lambda i: client.embed_texts([f"text {i}"]), range(120)))
         calls = [r.calls for r in client.replicas.replicas]
+    served = [_served(s) - b for s, b in zip(replicas, before, strict=True)]
     shares = _spread(replicas, before)
-    assert all(share >= 0.25 for share in shares), (shares, calls)
+    # Six threads in a loop: least-in-flight follows each replica's speed, and three servers
+    # on a 2-core machine do not run equally fast (CI saw 23% on one). The fault it guards
+    # against is a client held to one connection: 100% on one replica, none on the others.
+    assert all(share >= 0.15 for share in shares), (shares, calls)
     assert sum(calls) == 120 + 1  # the configuration asked for once by the first calls
+    # What the client counted per replica is what each server answered, the config aside.
+    assert sorted(c - s for c, s in zip(calls, served, strict=True)) == [0, 0, 1], (calls, served)
 
 
 def test_async_calls_spread_over_the_replicas(replicas) -> None:
