@@ -79,6 +79,10 @@ class RepositoryOptions:
     # The GPUs the graph-running models' instances go on (each gets ``encoder_instances``);
     # empty: every GPU Triton sees. Tokenizers and image decoding stay on CPU threads.
     gpus: tuple[int, ...] = ()
+    # Python runtime on GPU: the encoder graphs run by ONNX Runtime's TensorRT provider (fp16,
+    # one profile up to max_batch_size, engines cached in the model's folder) instead of its
+    # CUDA provider alone. The native runtime on GPU always has Triton's TensorRT accelerator.
+    tensorrt: bool = False
     max_batch_size: int = 64
     # 0: an idle instance runs what is queued at once, and under load requests queue while
     # it is busy, so batches still form. Measured on the 2-core CPU machine (RESULTS.md):
@@ -105,6 +109,11 @@ class RepositoryOptions:
             object.__setattr__(self, "device", Device(self.device))
         if self.gpus and self.device is not Device.GPU:
             raise ConfigError("GPU ids (--gpus) need the GPU device")
+        if self.tensorrt and (self.runtime is not Runtime.PYTHON or self.device is not Device.GPU):
+            raise ConfigError(
+                "--tensorrt is for the python runtime on GPU (the onnxruntime runtime on GPU "
+                "always has the TensorRT accelerator)"
+            )
         if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
             raise ConfigError(f"GPU ids must be distinct and >= 0, got {list(self.gpus)}")
         if not 1 <= self.max_batch_size <= 4096:
@@ -207,6 +216,9 @@ class _Renderer:
         shutil.copy2(src, folder.preprocessor_file)
 
 
+WORKSPACE_BYTES = 2 << 30  # TensorRT's builder workspace per engine
+
+
 def trt_profile(
     inputs: tuple[TensorConfig, ...], max_batch: int, max_sequence: int
 ) -> dict[str, str]:
@@ -247,11 +259,28 @@ class _Builder(_Renderer):
         _link_or_copy(src, folder.graph())
         accelerators: tuple[Accelerator, ...] = ()
         parameters = self.family.to_config()
+        on_tensorrt = self.options.tensorrt or (
+            not self.python and self.options.device is Device.GPU
+        )
+        profile = (
+            trt_profile(inputs, self.options.max_batch_size, self.report.max_text_length)
+            if on_tensorrt
+            else {}
+        )
         if self.python:
             pads: dict[str, int] = {}
             if contract.name == self.models.text_encoder.name:
                 inputs, pads = self.ragged_tokens(inputs, outputs)
-            params = GraphParams(logit_scale=self.family.logit_scale, pad_values=pads)
+            tensorrt: dict[str, str] = {}
+            if self.options.tensorrt:  # ONNX Runtime's TensorRT provider option names
+                tensorrt = {
+                    "trt_fp16_enable": "True",
+                    "trt_max_workspace_size": str(WORKSPACE_BYTES),
+                    **profile,
+                }
+            params = GraphParams(
+                logit_scale=self.family.logit_scale, pad_values=pads, tensorrt=tensorrt
+            )
             parameters = params.to_config()
             self.python_model(folder, "onnx_model")
         elif self.options.device is Device.GPU:
@@ -260,11 +289,9 @@ class _Builder(_Renderer):
                     name="tensorrt",
                     parameters={
                         "precision_mode": "FP16",
-                        "max_workspace_size_bytes": str(2 << 30),
+                        "max_workspace_size_bytes": str(WORKSPACE_BYTES),
                         "trt_engine_cache_enable": "1",
-                        **trt_profile(
-                            inputs, self.options.max_batch_size, self.report.max_text_length
-                        ),
+                        **profile,
                     },
                 ),
             )

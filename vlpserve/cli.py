@@ -69,6 +69,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             runtime=args.runtime,
             device=args.device,
             gpus=args.gpus,
+            tensorrt=args.tensorrt,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             encoder_instances=args.encoder_instances,
@@ -330,6 +331,12 @@ def parser() -> argparse.ArgumentParser:
         type=gpu_ids,
         default=(),
         help="GPU ids (0,1,...): the encoders' instances on each (implies --device gpu)",
+    )
+    build.add_argument(
+        "--tensorrt",
+        action="store_true",
+        help="python runtime on GPU: encoders on ONNX Runtime's TensorRT provider (fp16, "
+        "engines cached in the repository)",
     )
     build.add_argument("--max-batch-size", type=int, default=64)
     build.add_argument("--max-queue-delay-us", type=int, default=0)

@@ -28,6 +28,7 @@ PREPROCESSOR_DIR = "preprocessor"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 CONFIG_FILE = "config.pbtxt"
 MODEL_FILE = "model.py"
+ENGINE_CACHE = "tensorrt_cache"  # ONNX Runtime TensorRT engines, built on first load
 VERSION = "1"
 
 
@@ -88,6 +89,11 @@ class ModelFolder(_Folder):
     @property
     def preprocessor_file(self) -> Path:
         return self.root / PREPROCESSOR_FILE
+
+    @property
+    def engine_cache(self) -> Path:
+        """Where ONNX Runtime's TensorRT provider keeps its engines and timing cache."""
+        return self.root / ENGINE_CACHE
 
     @property
     def model_file(self) -> Path:

@@ -10,28 +10,83 @@ that runs two graphs at once (BLIP generation: vision encoder and decoder) turns
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+logger = logging.getLogger(__name__)
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def providers(
+    available: Sequence[str],
+    *,
+    on_gpu: bool = False,
+    device_id: int = 0,
+    tensorrt: Mapping[str, str] | None = None,
+    engine_cache: Path | None = None,
+) -> list[tuple[str, dict[str, str]]]:
+    """The execution providers of a session, first choice first: TensorRT when ``tensorrt``
+    options are given (its engines and timing cache kept in ``engine_cache``), then CUDA,
+    both on ``device_id`` and only ``on_gpu`` and where ``available``; CPU last, always."""
+    chosen: list[tuple[str, dict[str, str]]] = []
+    device = {"device_id": str(device_id)}
+    if on_gpu and tensorrt is not None:
+        if TENSORRT in available:
+            options = device | dict(tensorrt)
+            if engine_cache is not None:
+                cache = str(engine_cache)
+                options |= {
+                    "trt_engine_cache_enable": "True",
+                    "trt_engine_cache_path": cache,
+                    "trt_timing_cache_enable": "True",
+                    "trt_timing_cache_path": cache,
+                }
+            chosen.append((TENSORRT, options))
+        else:  # ``vlpserve env`` says which library is missing
+            logger.warning("TensorRT was asked for but ONNX Runtime has no %s", TENSORRT)
+    if on_gpu and CUDA in available:
+        chosen.append((CUDA, device))
+    chosen.append((CPU, {}))
+    return chosen
+
 
 def session(
-    path: Path | str,
+    path: Path | str | bytes,
     *,
     on_gpu: bool = False,
     device_id: int = 0,
     threads: int = 0,
     spin: bool = True,
+    tensorrt: Mapping[str, str] | None = None,
+    engine_cache: Path | None = None,
 ) -> Any:
-    """An ``onnxruntime.InferenceSession`` over ``path`` with every graph optimization:
-    CUDA first when ``on_gpu`` and ORT has it, else CPU with ``threads`` intra-op threads
-    (0: ORT's default)."""
+    """An ``onnxruntime.InferenceSession`` over ``path`` (or a serialized graph) with every
+    graph optimization, on the ``providers`` above; on CPU with ``threads`` intra-op
+    threads (0: ORT's default)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    providers: list[Any] = ["CPUExecutionProvider"]
-    if on_gpu and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
-    return ort.InferenceSession(str(path), options, providers=providers)
+    chosen = providers(
+        ort.get_available_providers(),
+        on_gpu=on_gpu,
+        device_id=device_id,
+        tensorrt=tensorrt,
+        engine_cache=engine_cache,
+    )
+    if engine_cache is not None and chosen[0][0] == TENSORRT:
+        engine_cache.mkdir(parents=True, exist_ok=True)
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(
+        model,
+        options,
+        providers=[name for name, _ in chosen],
+        provider_options=[opts for _, opts in chosen],
+    )

@@ -101,6 +101,9 @@ class SessionParams(ModelParams):
 
     intra_op_threads: int = 0  # 0: ORT's default
     intra_op_spinning: bool = True
+    # On GPU: ONNX Runtime's TensorRT provider options (fp16, workspace, profile shapes);
+    # empty: the CUDA provider alone. The engines are cached in the model's folder.
+    tensorrt: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, kw_only=True)

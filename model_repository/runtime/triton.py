@@ -43,6 +43,8 @@ class ModelArgs:
             device_id=self.device_id,
             threads=params.intra_op_threads,
             spin=params.intra_op_spinning,
+            tensorrt=params.tensorrt or None,
+            engine_cache=self.folder.engine_cache,
         )
 
     @property

@@ -13,7 +13,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 from vlpserve.contract import blip_models, embedding_models
 from vlpserve.errors import ConfigError, RepositoryError
 from vlpserve.export.report import ExportReport
-from vlpserve.model_repository import validate_repository
+from vlpserve.model_repository import RepositoryOptions, validate_repository
 from vlpserve.model_repository.config import (
     Batching,
     ModelConfig,
@@ -232,3 +232,65 @@ def test_gpu_ids_are_checked(clip_export: Path, tmp_path: Path, capsys) -> None:
     with pytest.raises(SystemExit):
         main(["repo", "build", str(clip_export), "--out", str(tmp_path), "--gpus", "1,1"])
     assert "expected distinct GPU ids" in capsys.readouterr().err
+
+
+def test_python_runtime_on_tensorrt(clip_export: Path, tmp_path: Path, caplog) -> None:
+    """`repo build --gpus 0 --tensorrt`: each encoder's parameters carry ONNX Runtime's
+    TensorRT provider options (fp16, workspace, one profile up to max_batch_size), and the
+    provider list built from them puts TensorRT first, on the instance's GPU, with its
+    engines cached in the model's own folder; CUDA follows, CPU last."""
+    from vlpserve.cli import main
+    from vlpserve.layout import ModelFolder
+    from vlpserve.model_repository.runtime.params import GraphParams
+    from vlpserve.ort import CPU, CUDA, TENSORRT, providers
+
+    out = tmp_path / "repo"
+    args = ["repo", "build", str(clip_export), "--out", str(out), "--gpus", "0", "--tensorrt"]
+    assert main([*args, "--max-batch-size", "16"]) == 0
+    assert validate_repository(out).ok
+    config = read_config(out / "clip_image_encoder" / "config.pbtxt")
+    assert config.backend == "python"
+    found = {k: v.string_value for k, v in config.parameters.items()}
+    params = GraphParams.from_config(found, "clip_image_encoder")
+    assert params.tensorrt == {
+        "trt_fp16_enable": "True",
+        "trt_max_workspace_size": str(2 << 30),
+        "trt_profile_min_shapes": "pixel_values:1x3x224x224",
+        "trt_profile_opt_shapes": "pixel_values:8x3x224x224",
+        "trt_profile_max_shapes": "pixel_values:16x3x224x224",
+    }
+    cache = ModelFolder.of(out, "clip_image_encoder").engine_cache
+    chosen = providers(
+        [TENSORRT, CUDA, CPU], on_gpu=True, device_id=1, tensorrt=params.tensorrt,
+        engine_cache=cache,
+    )  # fmt: skip
+    assert [name for name, _ in chosen] == [TENSORRT, CUDA, CPU]
+    trt = chosen[0][1]
+    assert trt["device_id"] == "1" and chosen[1][1] == {"device_id": "1"}
+    assert trt["trt_engine_cache_path"] == str(cache)
+    assert cache.parent == out / "clip_image_encoder" / "1"
+    assert trt["trt_engine_cache_enable"] == "True" and trt["trt_fp16_enable"] == "True"
+    text = read_config(out / "clip_text_encoder" / "config.pbtxt")
+    text_params = GraphParams.from_config(
+        {k: v.string_value for k, v in text.parameters.items()}, "clip_text_encoder"
+    )
+    longest = ExportReport.read(clip_export).max_text_length
+    assert text_params.tensorrt["trt_profile_max_shapes"] == ",".join(
+        f"{name}:16x{longest}" for name in ("input_ids", "attention_mask")
+    )
+    # Without the TensorRT provider (a CPU or CUDA-only ONNX Runtime): CUDA, said in the log.
+    with caplog.at_level("WARNING"):
+        fallback = providers([CUDA, CPU], on_gpu=True, tensorrt=params.tensorrt)
+    assert [name for name, _ in fallback] == [CUDA, CPU] and "TensorRT" in caplog.text
+    assert providers([TENSORRT, CUDA, CPU], tensorrt=params.tensorrt) == [(CPU, {})]
+    # Without --tensorrt the python runtime's encoders have no TensorRT options.
+    plain = tmp_path / "plain"
+    assert main(["repo", "build", str(clip_export), "--out", str(plain), "--gpus", "0"]) == 0
+    config = read_config(plain / "clip_image_encoder" / "config.pbtxt")
+    assert config.parameters["tensorrt"].string_value == "{}"
+    with pytest.raises(ConfigError, match="python runtime on GPU"):
+        RepositoryOptions(export_dir=clip_export, out=tmp_path, tensorrt=True)
+    with pytest.raises(ConfigError, match="python runtime on GPU"):
+        RepositoryOptions(
+            export_dir=clip_export, out=tmp_path, runtime="onnxruntime", tensorrt=True
+        )
