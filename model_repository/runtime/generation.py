@@ -28,8 +28,11 @@ from vlpserve.contract import (
     POSITION_IDS,
     cache_names,
 )
+from vlpserve.model_repository.runtime.device import DeviceOps, Value, bound_run
 
 logger = logging.getLogger(__name__)
+
+Cache = list[Value]  # one device value per layer and key / value, in layer order
 
 NEG = np.float32(-1.0e9)
 MAX_NEW_TOKENS_LIMIT = 256
@@ -217,56 +220,46 @@ def make_search(prompt: list[int], params: GenerationParams, eos: int) -> Search
 
 
 class DecoderGraphs:
-    """The exported ``decoder_first`` and ``decoder_step`` graphs: two ONNX Runtime sessions."""
+    """The exported ``decoder_first`` and ``decoder_step`` graphs: two ONNX Runtime sessions
+    run by IO binding. Their caches stay on the sessions' device as ``OrtValue``s from step
+    to step (``ops`` re-batches them there); token ids, positions and masks go in from the
+    host and only the logits come back."""
 
     def __init__(self, first: Any, step: Any) -> None:
         self.first = first
         self.step = step
+        self.ops = DeviceOps(step)
+        self.device = self.ops.device
         step_inputs = {i.name: i for i in self.step.get_inputs()}
         self.layers = sum(1 for name in step_inputs if name.endswith(".key")) // 2
         self.self_names, self.cross_names = cache_names(self.layers)
         self.ids_dtype = np.int32 if "int32" in step_inputs[INPUT_IDS].type else np.int64
-        self.first_outputs = [o.name for o in self.first.get_outputs()]
-        self.step_outputs = [o.name for o in self.step.get_outputs()]
+        self.presents = [n.replace("past", "present") for n in self.self_names]
 
-    def run_first(
-        self, ids: np.ndarray, states: np.ndarray
-    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    def run_first(self, ids: np.ndarray, states: np.ndarray) -> tuple[np.ndarray, Cache, Cache]:
         """Logits of the last prompt position, self cache, cross cache (in layer order)."""
-        outputs = dict(
-            zip(
-                self.first_outputs,
-                self.first.run(
-                    None,
-                    {
-                        INPUT_IDS: ids.astype(self.ids_dtype),
-                        ATTENTION_MASK: np.ones(ids.shape, dtype=np.int64),
-                        ENCODER_HIDDEN_STATES: states.astype(np.float32),
-                    },
-                ),
-                strict=True,
-            )
-        )
-        own = [outputs[n.replace("past", "present")] for n in self.self_names]
-        return outputs[LOGITS], own, [outputs[n] for n in self.cross_names]
+        feeds = {
+            INPUT_IDS: ids.astype(self.ids_dtype),
+            ATTENTION_MASK: np.ones(ids.shape, dtype=np.int64),
+            ENCODER_HIDDEN_STATES: states.astype(np.float32),
+        }
+        found = bound_run(self.first, feeds, self.device, on_host=[LOGITS])
+        own = [found[n] for n in self.presents]
+        return found[LOGITS].numpy(), own, [found[n] for n in self.cross_names]
 
     def run_step(
-        self,
-        ids: np.ndarray,
-        positions: np.ndarray,
-        mask: np.ndarray,
-        own: list[np.ndarray],
-        cross: list[np.ndarray],
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {
+        self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, own: Cache, cross: Cache
+    ) -> tuple[np.ndarray, Cache]:
+        feeds: dict[str, Any] = {
             INPUT_IDS: ids.reshape(-1, 1).astype(self.ids_dtype),
             POSITION_IDS: positions.reshape(-1, 1).astype(np.int64),
             ATTENTION_MASK: mask,
         }
         feeds |= dict(zip(self.self_names, own, strict=True))
         feeds |= dict(zip(self.cross_names, cross, strict=True))
-        outputs = dict(zip(self.step_outputs, self.step.run(None, feeds), strict=True))
-        return outputs[LOGITS], [outputs[n.replace("past", "present")] for n in self.self_names]
+        outputs = [LOGITS, *self.presents]
+        found = bound_run(self.step, feeds, self.device, on_host=[LOGITS], outputs=outputs)
+        return found[LOGITS].numpy(), [found[n] for n in self.presents]
 
 
 @dataclass(eq=False)
@@ -283,57 +276,71 @@ class Job:
 
 
 class _Group:
-    """Active rows whose encoder states have one length, decoded together."""
+    """Active rows whose encoder states have one length, decoded together. The caches are
+    device values, re-batched by ``ops``; the mask and positions are small host arrays."""
 
-    def __init__(self) -> None:
+    def __init__(self, ops: DeviceOps) -> None:
+        self.ops = ops
         self.jobs: list[Job] = []
-        self.own: list[np.ndarray] = []
-        self.cross: list[np.ndarray] = []
+        self.own: Cache = []
+        self.cross: Cache = []
         self.mask = np.zeros((0, 0), dtype=np.int64)
         self.positions = np.zeros(0, dtype=np.int64)
+        # The job each row decodes for: every row of a job has the same cross cache.
+        self.owners = np.zeros(0, dtype=np.int64)
 
     @property
     def rows(self) -> int:
         return int(self.positions.shape[0])
 
-    def add(self, job: Job, own: list[np.ndarray], cross: list[np.ndarray], length: int) -> None:
-        """Append a job's rows (caches of ``length`` positions), padding caches to agree."""
-        rows = own[0].shape[0]
+    def add(
+        self, jobs: list[Job], own: Cache, cross: Cache, length: int, owners: list[int]
+    ) -> None:
+        """Append jobs' rows (caches of ``length`` positions, ``owners`` naming each row's
+        job), padding the self-attention caches to agree."""
+        rows = own[0].shape()[0]
         mask = np.ones((rows, length), dtype=np.int64)
         if self.rows == 0:
             self.own, self.cross, self.mask = own, cross, mask
         else:
             width = max(self.mask.shape[1], length)
             pad = width - self.mask.shape[1]
-            self.own = [_pad(a, pad) for a in self.own]
+            self.own = self.ops.pad_left(self.own, pad)
             self.mask = np.pad(self.mask, ((0, 0), (pad, 0)))
             new_pad = width - length
-            own = [_pad(a, new_pad) for a in own]
+            own = self.ops.pad_left(own, new_pad)
             mask = np.pad(mask, ((0, 0), (new_pad, 0)))
-            self.own = [np.concatenate([a, b]) for a, b in zip(self.own, own, strict=True)]
-            self.cross = [np.concatenate([a, b]) for a, b in zip(self.cross, cross, strict=True)]
+            joined = self.ops.concat([*self.own, *self.cross], [*own, *cross])
+            self.own, self.cross = joined[: len(own)], joined[len(own) :]
             self.mask = np.concatenate([self.mask, mask])
         self.positions = np.concatenate([self.positions, np.full(rows, length, dtype=np.int64)])
-        self.jobs.append(job)
+        self.owners = np.concatenate([self.owners, np.array(owners, dtype=np.int64)])
+        self.jobs += jobs
 
     def select(self, index: list[int]) -> None:
         """Keep rows ``index`` (in that order) and drop cache columns nobody attends to."""
         if index == list(range(self.rows)):
             return
+        if not index:  # every job left: the group is dropped
+            self.own, self.cross, self.mask = [], [], self.mask[:0, :0]
+            self.positions, self.owners = self.positions[:0], self.owners[:0]
+            return
         take = np.array(index, dtype=np.int64)
-        self.own = [a[take] for a in self.own]
-        self.cross = [a[take] for a in self.cross]
+        # Beams re-ordered within their jobs, none left: each row keeps its job, and so its
+        # cross cache (the largest part: every encoder position of every layer).
+        same_jobs = len(take) == self.rows and np.array_equal(self.owners[take], self.owners)
+        layers = len(self.own)
+        taken = self.ops.take(self.own if same_jobs else [*self.own, *self.cross], index, axis=0)
+        self.own = taken[:layers]
+        if not same_jobs:
+            self.cross = taken[layers:]
         self.mask = self.mask[take]
         self.positions = self.positions[take]
-        used = self.mask.any(axis=0) if self.rows else np.zeros(0, dtype=bool)
-        if self.rows and not used.all():
-            self.own = [a[:, :, used] for a in self.own]
+        self.owners = self.owners[take]
+        used = self.mask.any(axis=0)
+        if not used.all():
+            self.own = self.ops.take(self.own, np.flatnonzero(used).tolist(), axis=2)
             self.mask = self.mask[:, used]
-
-
-def _pad(cache: np.ndarray, width: int) -> np.ndarray:
-    """Left-pad a (rows, heads, seq, dim) cache with ``width`` masked positions."""
-    return np.pad(cache, ((0, 0), (0, 0), (width, 0), (0, 0))) if width else cache
 
 
 # observe(phase, seconds, rows): the engine reports each decoder call ("first", "step").
@@ -359,6 +366,7 @@ class Engine:
         self.steps = 0  # decoder step calls, for tests and statistics
         self.max_batch_rows = 0
         self._unadmitted: list[Job] = []  # taken from the queue when the engine closed
+        self._serial = 0  # numbers the admitted jobs (a group's row owners)
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
 
@@ -431,7 +439,10 @@ class Engine:
             started = time.perf_counter()
             logits, own, cross = self.graphs.run_first(ids, states)
             self.observe("first", time.perf_counter() - started, len(batch))
-            group = self.groups.setdefault(states_len, _Group())
+            group = self.groups.setdefault(states_len, _Group(self.graphs.ops))
+            going: list[Job] = []
+            take: list[int] = []
+            owners: list[int] = []
             for row, job in enumerate(batch):
                 assert job.search is not None
                 source, tokens = job.search.advance(logits[row : row + 1])
@@ -440,8 +451,13 @@ class Engine:
                 if job.search.done:
                     job.on_done(job.search.result(), None)
                     continue
-                take = np.array([row + s for s in source], dtype=np.int64)
-                group.add(job, [a[take] for a in own], [a[take] for a in cross], length)
+                going.append(job)
+                take += [row + s for s in source]
+                owners += [self._serial] * len(source)
+                self._serial += 1
+            if going:  # one re-batching call for every job that goes on
+                taken = self.graphs.ops.take([*own, *cross], take, axis=0)
+                group.add(going, taken[: len(own)], taken[len(own) :], length, owners)
         return True
 
     def _step(self, group: _Group) -> None:

@@ -5,6 +5,8 @@ it the same contract as Triton's native ONNX Runtime backend: requests whose non
 shapes agree are concatenated and run as one batch, then split back. Inputs named in the
 ``pad_values`` parameter (token ids and masks, marked ragged in config.pbtxt) are first
 padded along axis 1 to the longest of the batch, so texts of different lengths share a batch.
+On GPU the batch is bound to the device once and the outputs come back once (IO binding);
+they must reach the host anyway, since they are the ensemble's answer to the client.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
+from vlpserve.model_repository.runtime.device import Device, bound_run
 from vlpserve.model_repository.runtime.inputs import required
 from vlpserve.model_repository.runtime.params import GraphParams
 
@@ -27,6 +30,7 @@ class TritonPythonModel(BatchedModel[Feeds]):
     def setup(self) -> None:
         params = self.args.params(GraphParams)
         self.session = self.args.session(self.args.folder.graph(), params)
+        self.device = Device.of(self.session)
         self.inputs = self.args.inputs
         self.outputs = self.args.outputs
         self.pad_values = params.pad_values
@@ -49,10 +53,9 @@ class TritonPythonModel(BatchedModel[Feeds]):
                 name: self._concatenate(name, [items[i][name] for i in members])
                 for name in self.inputs
             }
-            try:
-                outputs = dict(
-                    zip(self.outputs, self.session.run(self.outputs, batch), strict=True)
-                )
+            try:  # the batch goes to the session's device once, its outputs come back once
+                found = bound_run(self.session, batch, self.device, on_host=self.outputs)
+                outputs = {name: found[name].numpy() for name in self.outputs}
             except Exception as exc:  # one failing group fails its requests, not the others
                 for index in members:
                     results[index] = exc

@@ -4,6 +4,7 @@ cancellation."""
 from __future__ import annotations
 
 import io
+import itertools
 import threading
 from pathlib import Path
 
@@ -39,10 +40,10 @@ def caption_model(blip_checkpoints):
     )
 
 
-def _graphs(export: Path) -> DecoderGraphs:
+def _graphs(export: Path, on_gpu: bool = False) -> DecoderGraphs:
     return DecoderGraphs(
-        session(export / "decoder_first" / "model.onnx"),
-        session(export / "decoder_step" / "model.onnx"),
+        session(export / "decoder_first" / "model.onnx", on_gpu=on_gpu),
+        session(export / "decoder_step" / "model.onnx", on_gpu=on_gpu),
     )
 
 
@@ -190,3 +191,68 @@ def test_a_job_done_at_its_first_token_leaves_the_others_decoding(
     assert error is None and ids is not None and len(ids) == len(short_job.prompt) + 1
     ids, error = outcomes["long"]
     assert error is None and ids is not None and len(ids) == len(long_job.prompt) + 40
+
+
+@pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)])
+def test_decoder_caches_stay_bound_device_values_from_step_to_step(
+    blip_exports, caption_model, photos, on_gpu: bool
+) -> None:
+    """Every step is fed the previous step's cache outputs themselves (the same device
+    buffers, bound by IO binding), never host arrays; beams re-batch them on the device.
+    The same code on CPU (CI) and on CUDA (where a GPU and onnxruntime-gpu are)."""
+    import onnxruntime as ort
+    from onnxruntime import OrtValue
+
+    if on_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("ONNX Runtime has no CUDA provider here (pip install 'vlpserve[gpu]')")
+    model, processor = caption_model
+    graphs = _graphs(blip_exports["caption"], on_gpu=on_gpu)
+    assert graphs.device.kind == ("cuda" if on_gpu else "cpu")
+    steps: list[tuple[list[int], list[int], list[int]]] = []  # own in, cross in, own out
+    run_step = graphs.run_step
+
+    def spy(ids, positions, mask, own, cross):
+        assert all(isinstance(v, OrtValue) for v in [*own, *cross])
+        assert {v.device_name() for v in [*own, *cross]} == {graphs.device.kind}
+        logits, present = run_step(ids, positions, mask, own, cross)
+        assert isinstance(logits, np.ndarray)  # the logits alone come back to the host
+        steps.append(
+            ([v.data_ptr() for v in own], [v.data_ptr() for v in cross],
+             [v.data_ptr() for v in present])
+        )  # fmt: skip
+        return logits, present
+
+    graphs.run_step = spy  # type: ignore[method-assign]
+    engine = Engine(graphs, eos=999_999)  # never stops on its own: 12 steps
+    image = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")
+    outcomes: list[tuple[list[int] | None, str | None]] = []
+    done = threading.Event()
+    job, _ = _job(
+        model, processor, image, None, 1, 1.0, max_new_tokens=12,
+        on_done=lambda ids, error: (outcomes.append((ids, error)), done.set()),
+    )  # fmt: skip
+    engine.submit(job)
+    assert done.wait(60)
+    assert outcomes[0][1] is None
+    assert len(steps) == 11  # the first token came from decoder_first
+    for (_, cross, out), (next_in, next_cross, _) in itertools.pairwise(steps):
+        assert next_in == out  # the step's own outputs, not copies
+        assert next_cross == cross  # the cross cache is bound once and never moves
+    assert graphs.ops.calls == 0  # one greedy job: nothing to re-batch
+
+    beams, _ = _job(
+        model, processor, image, None, 3, 1.0, max_new_tokens=6,
+        on_done=lambda ids, error: (outcomes.append((ids, error)), done.set()),
+    )  # fmt: skip
+    done.clear()
+    greedy_steps = len(steps)
+    engine.submit(beams)
+    assert done.wait(60)
+    engine.close()
+    assert outcomes[1][1] is None
+    assert graphs.ops.calls > 0  # beams re-order their rows: on the device, by Gather ...
+    beam_steps = steps[greedy_steps:]
+    assert any(step[0] != out for (_, _, out), step in itertools.pairwise(beam_steps))
+    # ... and only their own caches: the cross cache (every encoder position of every
+    # layer) is the same for every beam of a job, so it is bound once and never copied.
+    assert len({tuple(cross) for _, cross, _ in beam_steps}) == 1
