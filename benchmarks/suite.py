@@ -82,6 +82,10 @@ class BenchOptions:
     device: str | None = None  # embedded deployment: "cpu" or "gpu"; default: gpu if CUDA
     baselines: bool = True
     precision: Precision = Precision.FP32  # of the graphs the embedded deployment exports
+    # The embedded deployment's graph instances and their ONNX Runtime threads (repo build's
+    # --encoder-instances / --encoder-threads).
+    encoder_instances: int = 1
+    encoder_threads: int = 0
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
     soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
@@ -269,6 +273,8 @@ def run_bench(
             models=options.models,
             device=Device(options.device or _default_device()),
             precision=options.precision,
+            encoder_instances=options.encoder_instances,
+            encoder_threads=options.encoder_threads,
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
         url, metrics_url = server.grpc_url, server.metrics_url
@@ -301,6 +307,8 @@ def run_bench(
             "command": options.command,
             "device": options.device or _default_device(),
             "precision": options.precision.value if deployed else "as served",
+            "encoder_instances": options.encoder_instances if deployed else "as served",
+            "encoder_threads": options.encoder_threads if deployed else "as served",
             "url": options.url or "embedded tritonserver",
         },
         "graphs": graph_accuracy(deployed),

@@ -98,6 +98,8 @@ def prepare_repository(
     models: dict[str, str] | None = None,
     device: Device = Device.CPU,
     precision: Precision = Precision.FP32,
+    encoder_instances: int = 1,
+    encoder_threads: int = 0,
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (``models`` by name, else the hub's or seeded ones), their exports and
     one repository ``<workdir>/model_repository``, built afresh.
@@ -118,6 +120,14 @@ def prepare_repository(
     for name in names:
         source = (models or {}).get(name) or checkpoint(workdir, name, size)
         export_dir = exported(workdir, name, source, Precision(precision))
-        build_repository(RepositoryOptions(export_dir=export_dir, out=repo, device=device))
+        build_repository(
+            RepositoryOptions(
+                export_dir=export_dir,
+                out=repo,
+                device=device,
+                encoder_instances=encoder_instances,
+                encoder_threads=encoder_threads,
+            )
+        )
         deployed[name] = (source, export_dir)
     return repo, deployed

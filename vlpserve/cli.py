@@ -73,6 +73,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             encoder_instances=args.encoder_instances,
+            encoder_threads=args.encoder_threads,
             preprocess_instances=args.preprocess_instances,
             max_labels=args.max_labels,
             max_queue_size=args.max_queue_size,
@@ -240,6 +241,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         device=args.device,
         baselines=not args.no_baselines,
         precision=args.precision,
+        encoder_instances=args.encoder_instances,
+        encoder_threads=args.encoder_threads,
         command="vlpserve " + " ".join(sys.argv[1:]),
         soak_s=args.soak,
         soak_window_s=args.soak_window,
@@ -341,6 +344,13 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument("--max-batch-size", type=int, default=64)
     build.add_argument("--max-queue-delay-us", type=int, default=0)
     build.add_argument("--encoder-instances", type=int, default=1)
+    build.add_argument(
+        "--encoder-threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime threads per CLIP/GroupViT graph instance (0: one per core); on CPU "
+        "instances x threads = cores favours throughput",
+    )
     build.add_argument("--preprocess-instances", type=int, default=1)
     build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")
     build.add_argument(
@@ -501,6 +511,8 @@ def parser() -> argparse.ArgumentParser:
         default="fp32",
         help="of the graphs it exports and serves (int8: the CPU variant)",
     )
+    bench.add_argument("--encoder-instances", type=int, default=1, help="as repo build's")
+    bench.add_argument("--encoder-threads", type=int, default=0, help="as repo build's")
     bench.add_argument(
         "--soak",
         type=float,

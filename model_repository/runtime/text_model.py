@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from vlpserve.contract import TOKEN_COUNT
 from vlpserve.model_repository.runtime.batched import Outputs, split_rows
+from vlpserve.model_repository.runtime.device import Device, bound_run
 from vlpserve.model_repository.runtime.params import TextParams
 from vlpserve.model_repository.runtime.tokenizer_model import (
     TritonPythonModel as TokenizerModel,
@@ -25,6 +26,7 @@ class TritonPythonModel(TokenizerModel):
     def setup(self) -> None:
         super().setup()
         self.session = self.args.session(self.args.folder.graph(), self.args.params(TextParams))
+        self.device = Device.of(self.session)
         self.graph_inputs = {i.name for i in self.session.get_inputs()}
         self.outputs = self.args.outputs
 
@@ -32,6 +34,8 @@ class TritonPythonModel(TokenizerModel):
         tokens = self.tokens(items)
         feeds = {k: v for k, v in tokens.items() if k in self.graph_inputs}
         names = [name for name in self.outputs if name != TOKEN_COUNT]
-        outputs = dict(zip(names, self.session.run(names, feeds), strict=True))
+        # The batch goes to the session's device once, its outputs come back once.
+        found = bound_run(self.session, feeds, self.device, on_host=names, outputs=names)
+        outputs = {name: found[name].numpy() for name in names}
         outputs[TOKEN_COUNT] = tokens[TOKEN_COUNT]
         return split_rows(outputs, [len(texts) for texts in items])

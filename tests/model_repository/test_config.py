@@ -294,3 +294,26 @@ def test_python_runtime_on_tensorrt(clip_export: Path, tmp_path: Path, caplog) -
         RepositoryOptions(
             export_dir=clip_export, out=tmp_path, runtime="onnxruntime", tensorrt=True
         )
+
+
+def test_encoder_instances_and_threads(clip_export: Path, tmp_path: Path) -> None:
+    """`repo build --encoder-instances 2 --encoder-threads 1` (instances x threads = cores,
+    the throughput layout on a 2-core CPU): every model that runs a CLIP graph gets two
+    instances whose ONNX Runtime sessions have one intra-op thread each; tokenizing and image
+    decoding keep theirs."""
+    from vlpserve.cli import main
+    from vlpserve.model_repository.runtime.params import GraphParams, TextParams
+
+    out = tmp_path / "repo"
+    args = ["repo", "build", str(clip_export), "--out", str(out)]
+    assert main([*args, "--encoder-instances", "2", "--encoder-threads", "1"]) == 0
+    assert validate_repository(out).ok
+    for name, kind in (("clip_text", TextParams), ("clip_image_encoder", GraphParams)):
+        config = read_config(out / name / "config.pbtxt")
+        assert config.instance_group[0].count == 2
+        found = {k: v.string_value for k, v in config.parameters.items()}
+        assert kind.from_config(found, name).intra_op_threads == 1
+    preprocessor = read_config(out / "clip_image_preprocessor" / "config.pbtxt")
+    assert preprocessor.instance_group[0].count == 1
+    with pytest.raises(ConfigError, match="encoder_threads"):
+        RepositoryOptions(export_dir=clip_export, out=tmp_path, encoder_threads=-1)
