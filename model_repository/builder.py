@@ -45,6 +45,7 @@ from vlpserve.model_repository.config import (
     ModelConfig,
     Runtime,
     TensorConfig,
+    check_gpus,
     write_config,
 )
 from vlpserve.model_repository.runtime.params import (
@@ -110,18 +111,16 @@ class RepositoryOptions:
         object.__setattr__(self, "gpus", tuple(self.gpus))
         if self.device is None:
             on_gpu = self.runtime is Runtime.ONNXRUNTIME or bool(self.gpus)
-            object.__setattr__(self, "device", Device.GPU if on_gpu else Device.CPU)
+            device = Device.GPU if on_gpu else Device.CPU
         else:
-            object.__setattr__(self, "device", Device(self.device))
-        if self.gpus and self.device is not Device.GPU:
-            raise ConfigError("GPU ids (--gpus) need the GPU device")
+            device = Device(self.device)
+        object.__setattr__(self, "device", device)
+        check_gpus(self.gpus, device, "--gpus")
         if self.tensorrt and (self.runtime is not Runtime.PYTHON or self.device is not Device.GPU):
             raise ConfigError(
                 "--tensorrt is for the python runtime on GPU (the onnxruntime runtime on GPU "
                 "always has the TensorRT accelerator)"
             )
-        if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
-            raise ConfigError(f"GPU ids must be distinct and >= 0, got {list(self.gpus)}")
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
         if self.encoder_instances < 1 or self.preprocess_instances < 1:

@@ -6,7 +6,7 @@ Protobuf appears only here, at the Triton boundary; config.pbtxt is written with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -31,6 +31,22 @@ class Device(StrEnum):
 
     CPU = "cpu"
     GPU = "gpu"
+
+
+def gpu_ids_problem(gpus: Sequence[int]) -> str | None:
+    """What is wrong with a list of GPU ids (a negative or a repeated one), or None."""
+    if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):
+        return f"GPU ids must be distinct and >= 0, got {list(gpus)}"
+    return None
+
+
+def check_gpus(gpus: Sequence[int], device: Device, where: str) -> None:
+    """ConfigError unless ``gpus`` are valid ids, on the GPU device when there are any."""
+    if gpus and device is not Device.GPU:
+        raise ConfigError(f"{where}: GPU ids need the GPU device")
+    problem = gpu_ids_problem(gpus)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -117,10 +133,7 @@ class ModelConfig:
             raise ConfigError(f"{self.name}: dynamic batching needs max_batch_size > 0")
         if any(t.ragged for t in self.outputs):
             raise ConfigError(f"{self.name}: only inputs can be ragged")
-        if self.gpus and self.device is not Device.GPU:
-            raise ConfigError(f"{self.name}: GPU ids need the GPU device")
-        if any(g < 0 for g in self.gpus) or len(set(self.gpus)) != len(self.gpus):
-            raise ConfigError(f"{self.name}: GPU ids must be distinct and >= 0: {self.gpus}")
+        check_gpus(self.gpus, self.device, self.name)
 
     def to_proto(self) -> pb.ModelConfig:
         """The ``model_config_pb2.ModelConfig`` message."""

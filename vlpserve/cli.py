@@ -22,11 +22,13 @@ EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
 
 def gpu_ids(text: str) -> tuple[int, ...]:
     """``0,1,3`` -> (0, 1, 3), for argparse."""
+    from vlpserve.model_repository.config import gpu_ids_problem
+
     try:
         found = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"expected GPU ids such as 0,1: {text!r}") from exc
-    if not found or any(g < 0 for g in found) or len(set(found)) != len(found):
+    if not found or gpu_ids_problem(found):
         raise argparse.ArgumentTypeError(f"expected distinct GPU ids >= 0: {text!r}")
     return found
 

@@ -16,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from vlpserve.ort import CPU, CUDA, TENSORRT
+
 PACKAGES = (
     "vlpserve",
     "torch",
@@ -32,7 +34,7 @@ PACKAGES = (
 )
 # The shared libraries each provider loads, in the order a missing one is worth naming.
 PROVIDER_LIBRARIES = {
-    "CUDAExecutionProvider": (
+    CUDA: (
         "libcuda.so.1",
         "libcudart.so.12",
         "libcublas.so.12",
@@ -41,7 +43,7 @@ PROVIDER_LIBRARIES = {
         "libcufft.so.11",
         "libcurand.so.10",
     ),
-    "TensorrtExecutionProvider": (
+    TENSORRT: (
         "libcuda.so.1",
         "libcudart.so.12",
         "libnvinfer.so.10",
@@ -49,7 +51,7 @@ PROVIDER_LIBRARIES = {
         "libnvonnxparser.so.10",
     ),
 }
-WANTED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+WANTED = (TENSORRT, CUDA, CPU)
 
 
 @dataclass
@@ -122,7 +124,7 @@ def providers() -> list[Provider]:
         graph = _tiny_graph(Path(folder))
         for name in WANTED:
             if name not in available:
-                build = "onnxruntime-gpu" if name != "CPUExecutionProvider" else "onnxruntime"
+                build = "onnxruntime-gpu" if name != CPU else "onnxruntime"
                 found.append(
                     Provider(name, False, f"not in this ONNX Runtime build (needs {build})")
                 )

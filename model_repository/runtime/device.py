@@ -70,6 +70,15 @@ def bound_run(
     return dict(zip(names, binding.get_outputs(), strict=True))
 
 
+def host_run(
+    session: Any, feeds: Mapping[str, np.ndarray], device: Device, outputs: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """``outputs`` of ``session`` as host arrays: the feeds go to ``device`` once and the
+    outputs come back once (what a model whose answer goes to the client needs)."""
+    found = bound_run(session, feeds, device, on_host=outputs, outputs=outputs)
+    return {name: found[name].numpy() for name in outputs}
+
+
 class DeviceOps:
     """Row and column selection, left padding and concatenation of rank-4 device values
     (rows, heads, positions, dim), each one ONNX Runtime call for a whole list of values."""

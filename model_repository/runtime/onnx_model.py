@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
-from vlpserve.model_repository.runtime.device import Device, bound_run
+from vlpserve.model_repository.runtime.device import Device, host_run
 from vlpserve.model_repository.runtime.inputs import required
 from vlpserve.model_repository.runtime.params import GraphParams
 
@@ -53,9 +53,8 @@ class TritonPythonModel(BatchedModel[Feeds]):
                 name: self._concatenate(name, [items[i][name] for i in members])
                 for name in self.inputs
             }
-            try:  # the batch goes to the session's device once, its outputs come back once
-                found = bound_run(self.session, batch, self.device, on_host=self.outputs)
-                outputs = {name: found[name].numpy() for name in self.outputs}
+            try:
+                outputs = host_run(self.session, batch, self.device, self.outputs)
             except Exception as exc:  # one failing group fails its requests, not the others
                 for index in members:
                     results[index] = exc

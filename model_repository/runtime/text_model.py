@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from vlpserve.contract import TOKEN_COUNT
 from vlpserve.model_repository.runtime.batched import Outputs, split_rows
-from vlpserve.model_repository.runtime.device import Device, bound_run
+from vlpserve.model_repository.runtime.device import Device, host_run
 from vlpserve.model_repository.runtime.params import TextParams
 from vlpserve.model_repository.runtime.tokenizer_model import (
     TritonPythonModel as TokenizerModel,
@@ -34,8 +34,6 @@ class TritonPythonModel(TokenizerModel):
         tokens = self.tokens(items)
         feeds = {k: v for k, v in tokens.items() if k in self.graph_inputs}
         names = [name for name in self.outputs if name != TOKEN_COUNT]
-        # The batch goes to the session's device once, its outputs come back once.
-        found = bound_run(self.session, feeds, self.device, on_host=names, outputs=names)
-        outputs = {name: found[name].numpy() for name in names}
+        outputs = host_run(self.session, feeds, self.device, names)
         outputs[TOKEN_COUNT] = tokens[TOKEN_COUNT]
         return split_rows(outputs, [len(texts) for texts in items])
