@@ -25,7 +25,7 @@ from vlpserve.export.checkpoints import Size
 from vlpserve.export.common import Precision
 from vlpserve.export.report import ExportReport
 from vlpserve.layout import ExportFolder
-from vlpserve.model_repository.config import Device
+from vlpserve.model_repository.config import Device, Preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class BenchOptions:
     # --encoder-instances / --encoder-threads).
     encoder_instances: int = 1
     encoder_threads: int = 0
+    preprocess: str = "host"  # repo build's --preprocess
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
     soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
@@ -275,6 +276,7 @@ def run_bench(
             precision=options.precision,
             encoder_instances=options.encoder_instances,
             encoder_threads=options.encoder_threads,
+            preprocess=Preprocess(options.preprocess),
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
         url, metrics_url = server.grpc_url, server.metrics_url
@@ -309,6 +311,7 @@ def run_bench(
             "precision": options.precision.value if deployed else "as served",
             "encoder_instances": options.encoder_instances if deployed else "as served",
             "encoder_threads": options.encoder_threads if deployed else "as served",
+            "preprocess": options.preprocess if deployed else "as served",
             "url": options.url or "embedded tritonserver",
         },
         "graphs": graph_accuracy(deployed),

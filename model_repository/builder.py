@@ -38,11 +38,13 @@ from vlpserve.export.common import graph_io
 from vlpserve.export.report import ExportReport
 from vlpserve.layout import ExportFolder, ModelFolder
 from vlpserve.model_repository.config import (
+    KEEP_INPUT_DEVICE,
     Accelerator,
     Batching,
     Device,
     EnsembleStep,
     ModelConfig,
+    Preprocess,
     Runtime,
     TensorConfig,
     check_gpus,
@@ -98,6 +100,10 @@ class RepositoryOptions:
     # one request then has half the cores, so batch-1 latency grows.
     encoder_threads: int = 0
     preprocess_instances: int = 1
+    # Images are decoded on CPU threads; ``device``: then resized, cropped and normalised by
+    # ONNX Runtime on the instance's device (a GPU one with the GPU device), parity-gated
+    # (runtime.device_images), the pixels passed on by DLPack. ``host``: bit-equal, on CPU.
+    preprocess: Preprocess = Preprocess.HOST
     max_labels: int = 64  # GroupViT segmentation: labels per request
     # Requests waiting per model before new ones are refused (Overloaded); 0: no bound.
     max_queue_size: int = 256
@@ -109,6 +115,7 @@ class RepositoryOptions:
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "runtime", Runtime(self.runtime))
         object.__setattr__(self, "gpus", tuple(self.gpus))
+        object.__setattr__(self, "preprocess", Preprocess(self.preprocess))
         if self.device is None:
             on_gpu = self.runtime is Runtime.ONNXRUNTIME or bool(self.gpus)
             device = Device.GPU if on_gpu else Device.CPU
@@ -190,6 +197,10 @@ class _Renderer:
             queue_timeout_us=options.queue_timeout_ms * 1000,
         )
         self.limits = dataclasses.asdict(options.limits)  # every raw model's input bounds
+        self.on_gpu = options.device is Device.GPU
+        self.on_device = options.preprocess is Preprocess.DEVICE
+        # Python models that run graphs on a GPU take their inputs where they are.
+        self.keep_input_device = KEEP_INPUT_DEVICE if self.on_gpu else {}
 
     def model_folder(self, name: str) -> ModelFolder:
         """``<out>/<name>/1``, emptied."""
@@ -291,7 +302,7 @@ class _Builder(_Renderer):
                 tensorrt=tensorrt,
                 intra_op_threads=self.options.encoder_threads,
             )
-            parameters = params.to_config()
+            parameters = params.to_config() | self.keep_input_device
             self.python_model(folder, "onnx_model")
         elif self.options.device is Device.GPU:
             accelerators = (
@@ -372,6 +383,11 @@ class _Builder(_Renderer):
         self.copy_preprocessor(folder)
         self.python_model(folder, "image_preprocessor_model")
         pixel_values = next(t for t in image_encoder.inputs if t.name == PIXEL_VALUES)
+        params = ImageParams(
+            logit_scale=self.family.logit_scale, on_device=self.on_device, **self.limits
+        )
+        # Pre-processing on the device: the instances go where the encoders are.
+        on_gpu = self.on_device and self.on_gpu
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -380,7 +396,9 @@ class _Builder(_Renderer):
             outputs=(pixel_values,),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            parameters=ImageParams(logit_scale=self.family.logit_scale, **self.limits).to_config(),
+            device=Device.GPU if on_gpu else Device.CPU,
+            gpus=self.options.gpus if on_gpu else (),
+            parameters=params.to_config(),
         )
 
     def ensemble(
@@ -525,7 +543,7 @@ class _BlipBuilder(_Renderer):
             instances=self.options.encoder_instances,
             device=self.options.device or Device.CPU,
             gpus=self.options.gpus,
-            parameters=GraphParams().to_config() if self.python else {},
+            parameters=GraphParams().to_config() | self.keep_input_device if self.python else {},
         )
 
     def raw_model(self) -> ModelConfig:
@@ -542,6 +560,7 @@ class _BlipBuilder(_Renderer):
             bos_token_id=int(self.report.required("bos_token_id")),
             sep_token_id=int(self.report.required("sep_token_id")),
             max_text_length=self.report.max_text_length,
+            on_device=self.on_device,
             **self.limits,
         )
         required = {IMAGE, QUESTION} if self.kind == "vqa" else {IMAGE}
@@ -558,7 +577,9 @@ class _BlipBuilder(_Renderer):
                 TensorConfig(name=t.name, dtype=t.dtype, dims=(1,)) for t in contract.outputs
             ),
             batching=None if generation else self.batching,
-            instances=1,
+            instances=1,  # per GPU on the GPU device
+            device=self.options.device or Device.CPU,
+            gpus=self.options.gpus,
             parameters=params.to_config(),
             decoupled=generation,
         )

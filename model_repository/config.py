@@ -33,6 +33,18 @@ class Device(StrEnum):
     GPU = "gpu"
 
 
+class Preprocess(StrEnum):
+    """Where images are resized, cropped and normalised (they are decoded on CPU threads)."""
+
+    HOST = "host"  # on the decode threads, bit-equal to the Hugging Face processor
+    DEVICE = "device"  # by ONNX Runtime on the instance's device, parity-gated
+
+
+# Python-backend parameter: Triton hands a model its inputs where the previous model left
+# them (a GPU tensor stays on the GPU) instead of copying them to the host first.
+KEEP_INPUT_DEVICE = {"FORCE_CPU_ONLY_INPUT_TENSORS": "no"}
+
+
 def gpu_ids_problem(gpus: Sequence[int]) -> str | None:
     """What is wrong with a list of GPU ids (a negative or a repeated one), or None."""
     if any(g < 0 for g in gpus) or len(set(gpus)) != len(gpus):

@@ -24,7 +24,7 @@ from vlpserve.export.common import ExportOptions, Precision
 from vlpserve.export.report import ExportReport
 from vlpserve.layout import ExportFolder
 from vlpserve.model_repository.builder import RepositoryOptions, build_repository
-from vlpserve.model_repository.config import Device
+from vlpserve.model_repository.config import Device, Preprocess
 from vlpserve.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -100,6 +100,7 @@ def prepare_repository(
     precision: Precision = Precision.FP32,
     encoder_instances: int = 1,
     encoder_threads: int = 0,
+    preprocess: Preprocess = Preprocess.HOST,
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (``models`` by name, else the hub's or seeded ones), their exports and
     one repository ``<workdir>/model_repository``, built afresh.
@@ -127,6 +128,7 @@ def prepare_repository(
                 device=device,
                 encoder_instances=encoder_instances,
                 encoder_threads=encoder_threads,
+                preprocess=preprocess,
             )
         )
         deployed[name] = (source, export_dir)

@@ -77,6 +77,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             encoder_instances=args.encoder_instances,
             encoder_threads=args.encoder_threads,
             preprocess_instances=args.preprocess_instances,
+            preprocess=args.preprocess,
             max_labels=args.max_labels,
             max_queue_size=args.max_queue_size,
             queue_timeout_ms=args.queue_timeout_ms,
@@ -245,6 +246,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precision=args.precision,
         encoder_instances=args.encoder_instances,
         encoder_threads=args.encoder_threads,
+        preprocess=args.preprocess,
         command="vlpserve " + " ".join(sys.argv[1:]),
         soak_s=args.soak,
         soak_window_s=args.soak_window,
@@ -354,6 +356,14 @@ def parser() -> argparse.ArgumentParser:
         "instances x threads = cores favours throughput",
     )
     build.add_argument("--preprocess-instances", type=int, default=1)
+    build.add_argument(
+        "--preprocess",
+        choices=["host", "device"],
+        default="host",
+        help="where images are resized, cropped and normalised after decoding on CPU "
+        "threads: host (bit-equal to Hugging Face) or device (ONNX Runtime on the "
+        "instance's device, GPU with --device gpu; parity-gated, README)",
+    )
     build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")
     build.add_argument(
         "--max-queue-size",
@@ -515,6 +525,9 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--encoder-instances", type=int, default=1, help="as repo build's")
     bench.add_argument("--encoder-threads", type=int, default=0, help="as repo build's")
+    bench.add_argument(
+        "--preprocess", choices=["host", "device"], default="host", help="as repo build's"
+    )
     bench.add_argument(
         "--soak",
         type=float,

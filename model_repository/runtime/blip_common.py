@@ -9,6 +9,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from vlpserve.contract import ATTENTION_MASK, IMAGE_EMBEDS, IMAGE_FEAT, INPUT_IDS, PIXEL_VALUES
+from vlpserve.model_repository.runtime.device import Device, Feed, host_run
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
 from vlpserve.model_repository.runtime.params import InputLimits
 
@@ -42,11 +43,14 @@ def match_scores(
     text_feat: Any,
     ids: np.ndarray,
     mask: np.ndarray,
-    pixels: np.ndarray,
+    pixels: Feed,
 ) -> tuple[np.ndarray, np.ndarray]:
     """ITM match probability (softmax of the ITM head, its "match" class) and ITC cosine of
-    each (image, text) pair, as float32."""
-    embeds, image_feat = vision.run([IMAGE_EMBEDS, IMAGE_FEAT], {PIXEL_VALUES: pixels})
+    each (image, text) pair, as float32; ``pixels`` a host array or a value on the vision
+    encoder's device."""
+    outputs = [IMAGE_EMBEDS, IMAGE_FEAT]
+    found = host_run(vision, {PIXEL_VALUES: pixels}, Device.of(vision), outputs)
+    embeds, image_feat = found[IMAGE_EMBEDS], found[IMAGE_FEAT]
     feeds = {INPUT_IDS: ids, ATTENTION_MASK: mask, IMAGE_EMBEDS: embeds}
     (logits,) = itm_head.run(None, feeds_for(itm_head, feeds))
     (features,) = text_feat.run(None, feeds_for(text_feat, feeds))

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from PIL import Image
 
 from vlpserve.contract import (
     IMAGE_EMBEDS,
@@ -30,6 +31,8 @@ from vlpserve.contract import (
     TEXT,
 )
 from vlpserve.model_repository.runtime.blip_common import BlipText, load_images, question_states
+from vlpserve.model_repository.runtime.device import Device, host_run
+from vlpserve.model_repository.runtime.device_images import DeviceImages
 from vlpserve.model_repository.runtime.errors import InvalidRequest
 from vlpserve.model_repository.runtime.generation import DecoderGraphs, Engine, Job
 from vlpserve.model_repository.runtime.inputs import generation_request
@@ -125,6 +128,13 @@ class TritonPythonModel:
         self.text = BlipText(folder.tokenizer_file)
         self.images = load_images(folder.preprocessor_file, params.limits)
         self.vision = model.session(folder.graph("vision_encoder"), params)
+        self.device = Device.of(self.vision)
+        # Resize, crop and normalise on the host, or on the vision encoder's device.
+        self.pixels: Callable[[Image.Image], Any] = (
+            DeviceImages(self.images, on_gpu=model.on_gpu, device_id=model.device_id)
+            if params.on_device
+            else lambda image: self.images(image)[None]
+        )
         self.question_encoder = (
             model.session(folder.graph("question_encoder"), params)
             if params.kind == "vqa"
@@ -194,8 +204,10 @@ class TritonPythonModel:
             )
             reply.stream = parsed.stream
             started = time.perf_counter()
-            pixels = self.images(parsed.image)[None]
-            (embeds,) = self.vision.run([IMAGE_EMBEDS], {PIXEL_VALUES: pixels})
+            pixels = self.pixels(parsed.image)
+            embeds = host_run(self.vision, {PIXEL_VALUES: pixels}, self.device, [IMAGE_EMBEDS])[
+                IMAGE_EMBEDS
+            ]
             states = embeds[0]
             if self.question_encoder is not None:
                 states = question_states(self.question_encoder, parsed.question, embeds)

@@ -14,11 +14,12 @@ import numpy as np
 from vlpserve.contract import ITC_SCORE, ITM_SCORE
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs, split_rows
 from vlpserve.model_repository.runtime.blip_common import BlipText, load_images, match_scores
+from vlpserve.model_repository.runtime.device_images import DeviceImages
 from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
-from vlpserve.model_repository.runtime.inputs import pairs
+from vlpserve.model_repository.runtime.inputs import decoded, pairs, pixels
 from vlpserve.model_repository.runtime.params import BlipParams
 
-Pairs = tuple[list[np.ndarray], list[str]]
+Pairs = tuple[list[Any], list[str]]  # pixel arrays, or decoded images for the device
 
 
 class TritonPythonModel(BatchedModel[Pairs]):
@@ -34,14 +35,27 @@ class TritonPythonModel(BatchedModel[Pairs]):
             self.args.session(folder.graph(name), params)
             for name in ("vision_encoder", "itm_head", "text_feat")
         )
+        # Resize, crop and normalise on the decode threads, or on the vision encoder's device.
+        self.device_images = (
+            DeviceImages(self.images, on_gpu=self.args.on_gpu, device_id=self.args.device_id)
+            if params.on_device
+            else None
+        )
         self.parse_pool = decode_pool(0)
 
     def parse(self, request: Any) -> Pairs:
-        return pairs(self.arrays(request), self.images)
+        prepare = pixels if self.device_images is None else decoded
+        return pairs(self.arrays(request), self.images, prepare)
 
     def run(self, items: list[Pairs]) -> Sequence[Outputs | Exception]:
-        pixels = np.stack([p for item_pixels, _ in items for p in item_pixels])
+        images = [image for item_images, _ in items for image in item_images]
+        if self.device_images is None:
+            batch = np.stack(images)
+        else:
+            batch = self.device_images.batch(len(images))
+            for row, image in enumerate(images):
+                self.device_images.into(image, batch, row)
         ids, mask = self.text.batch([t for _, texts in items for t in texts])
-        itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, pixels)
+        itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, batch)
         outputs = {ITM_SCORE: itm[:, None], ITC_SCORE: itc[:, None]}
         return split_rows(outputs, [len(texts) for _, texts in items])

@@ -18,9 +18,14 @@ import numpy as np
 
 from vlpserve.ort import CUDA, TENSORRT, session
 
-_ELEMENT_TYPES = {"tensor(float)": 1, "tensor(float16)": 10, "tensor(int64)": 7}
+_ELEMENT_TYPES = {
+    "tensor(float)": 1,
+    "tensor(uint8)": 2,
+    "tensor(int32)": 6,
+    "tensor(int64)": 7,
+    "tensor(float16)": 10,
+}
 _OPSET = 17
-_RANK4 = [None] * 4  # (rows, heads, positions, dim), every size free
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def bound_run(
 
 
 def host_run(
-    session: Any, feeds: Mapping[str, np.ndarray], device: Device, outputs: Sequence[str]
+    session: Any, feeds: Mapping[str, Feed], device: Device, outputs: Sequence[str]
 ) -> dict[str, np.ndarray]:
     """``outputs`` of ``session`` as host arrays: the feeds go to ``device`` once and the
     outputs come back once (what a model whose answer goes to the client needs)."""
@@ -79,15 +84,35 @@ def host_run(
     return {name: found[name].numpy() for name in outputs}
 
 
+_DLPACK_CPU, _DLPACK_CUDA = 1, 2
+
+
+def placed(value: Value, device: Device) -> Value:
+    """``value`` where a session on ``device`` can take it: as it is when it is there or on
+    the host (ONNX Runtime copies from there), else through the host (a GPU tensor that an
+    instance on another GPU left)."""
+    import onnxruntime as ort
+
+    kind, index = value.__dlpack_device__()
+    here = kind == _DLPACK_CPU or (device.kind, kind, index) == ("cuda", _DLPACK_CUDA, device.id)
+    return value if here else ort.OrtValue.ortvalue_from_numpy(value.numpy())
+
+
+def shape_of(value: Feed) -> tuple[int, ...]:
+    """The shape of a host array or a device value."""
+    return tuple(value.shape) if isinstance(value, np.ndarray) else tuple(value.shape())
+
+
 class DeviceOps:
-    """Row and column selection, left padding and concatenation of rank-4 device values
-    (rows, heads, positions, dim), each one ONNX Runtime call for a whole list of values."""
+    """Row and column selection, left padding and concatenation of device values: the
+    decoder caches (rows, heads, positions, dim), each one ONNX Runtime call for a whole list
+    of values; and the rows of several requests' values joined into one batch."""
 
     def __init__(self, like: Any) -> None:
         """Runs on the device of session ``like``, by the CUDA provider there (never
         TensorRT: it would build an engine per shape) or on CPU."""
         self.device = Device.of(like)
-        self.sessions: dict[tuple[str, int, tuple[int, ...]], Any] = {}
+        self.sessions: dict[tuple[str, int, tuple[int, ...], int], Any] = {}
         self.calls = 0  # reshaping calls, for tests and statistics
 
     def take(self, values: list[Value], index: Sequence[int], axis: int) -> list[Value]:
@@ -112,38 +137,45 @@ class DeviceOps:
             return first
         return self._run("concat", [*first, *second], {})
 
+    def rows(self, values: list[Value]) -> Value:
+        """One value: the rows of ``values`` (of one type and rank) one after another."""
+        if len(values) == 1:
+            return values[0]
+        return self._run("rows", values, {})[0]
+
     def _run(self, op: str, values: list[Value], extra: dict[str, np.ndarray]) -> list[Value]:
         types = tuple(_ELEMENT_TYPES[v.data_type()] for v in values)
-        key = (op, len(values), types)
+        rank = len(values[0].shape())
+        key = (op, len(values), types, rank)
         graph = self.sessions.get(key)
         if graph is None:
-            graph = self.sessions[key] = self._session(op, types)
+            graph = self.sessions[key] = self._session(op, types, rank)
         feeds: dict[str, Feed] = {f"x{i}": v for i, v in enumerate(values)}
         feeds |= extra
         self.calls += 1
         found = bound_run(graph, feeds, self.device)
         return [found[f"y{i}"] for i in range(len(found))]
 
-    def _session(self, op: str, types: tuple[int, ...]) -> Any:
+    def _session(self, op: str, types: tuple[int, ...], rank: int) -> Any:
         import onnx
         from onnx import TensorProto, helper
 
         count = len(types)
-        inputs = [helper.make_tensor_value_info(f"x{i}", t, _RANK4) for i, t in enumerate(types)]
+        free = [None] * rank  # every size free
+        inputs = [helper.make_tensor_value_info(f"x{i}", t, free) for i, t in enumerate(types)]
         nodes = []
-        if op == "concat":
+        if op == "rows":
+            outputs = [helper.make_tensor_value_info("y0", types[0], free)]
+            nodes = [helper.make_node("Concat", [f"x{i}" for i in range(count)], ["y0"], axis=0)]
+        elif op == "concat":
             half = count // 2
-            outputs = [
-                helper.make_tensor_value_info(f"y{i}", types[i], _RANK4) for i in range(half)
-            ]
+            outputs = [helper.make_tensor_value_info(f"y{i}", types[i], free) for i in range(half)]
             nodes = [
                 helper.make_node("Concat", [f"x{i}", f"x{half + i}"], [f"y{i}"], axis=0)
                 for i in range(half)
             ]
         else:
-            outputs = [
-                helper.make_tensor_value_info(f"y{i}", t, _RANK4) for i, t in enumerate(types)
-            ]
+            outputs = [helper.make_tensor_value_info(f"y{i}", t, free) for i, t in enumerate(types)]
             if op == "pad":
                 inputs.append(helper.make_tensor_value_info("pads", TensorProto.INT64, [8]))
                 nodes = [

@@ -133,7 +133,7 @@ class ImagePreprocessing:
                 f"image is {width}x{height} = {width * height} pixels, over the limit of {limit}",
             )
         if (self.resize_to or self.resize_shortest_edge) and min(image.size) > 0:
-            new_width, new_height = self._resize_size(image)
+            new_width, new_height = self.resize_size(image)
             if new_width * new_height > limit:
                 raise InputItemError(
                     index,
@@ -144,7 +144,7 @@ class ImagePreprocessing:
     def __call__(self, image: Image.Image) -> np.ndarray:
         """Pixel values (3, H, W) float32 of an RGB image."""
         if self.resize_to or self.resize_shortest_edge:
-            image = image.resize(self._resize_size(image), resample=self.resample)
+            image = image.resize(self.resize_size(image), resample=self.resample)
         pixels = np.asarray(image)
         if self.crop:
             pixels = _center_crop(pixels, *self.crop)
@@ -163,7 +163,7 @@ class ImagePreprocessing:
             values /= np.array(self.std, dtype=np.float32)[:, None, None]
         return values
 
-    def _resize_size(self, image: Image.Image) -> tuple[int, int]:
+    def resize_size(self, image: Image.Image) -> tuple[int, int]:
         """(width, height) for PIL, as transformers' get_resize_output_image_size computes."""
         if self.resize_to:
             return self.resize_to[1], self.resize_to[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,7 @@ from vlpserve.model_repository.runtime.params import InputLimits
 from vlpserve.model_repository.runtime.text import decode_texts
 
 Arrays = Mapping[str, np.ndarray | None]  # a request's inputs by name; None when absent
+T = TypeVar("T")
 
 
 def required(inputs: Arrays, name: str) -> np.ndarray:
@@ -102,6 +104,14 @@ def one_image(inputs: Arrays, steps: ImagePreprocessing) -> Image.Image:
         raise named(IMAGE, exc) from exc
 
 
+def decoded(steps: ImagePreprocessing, data: bytes, index: int) -> Image.Image:
+    """One encoded image, decoded (RGB); errors name the IMAGE item."""
+    try:
+        return steps.decode(data, index)
+    except InputItemError as exc:
+        raise named(IMAGE, exc) from exc
+
+
 def pixels(steps: ImagePreprocessing, data: bytes, index: int) -> np.ndarray:
     """One encoded image, decoded and pre-processed; errors name the IMAGE item."""
     try:
@@ -122,13 +132,18 @@ def segment_request(
     return one_image(inputs, steps), labels
 
 
-def pairs(inputs: Arrays, steps: ImagePreprocessing) -> tuple[list[np.ndarray], list[str]]:
-    """``blip_itm``: the pixels and texts of each (image, text) pair."""
+def pairs(
+    inputs: Arrays,
+    steps: ImagePreprocessing,
+    prepare: Callable[[ImagePreprocessing, bytes, int], T],
+) -> tuple[list[T], list[str]]:
+    """``blip_itm``: the images (``prepare``d: pixels, or ``decoded`` images for the
+    device) and texts of each (image, text) pair."""
     images = image_bytes(inputs)
     captions = texts(inputs, TEXT, steps.limits)
     if len(images) != len(captions):
         raise InvalidRequest(f"{IMAGE} and {TEXT} hold {len(images)} and {len(captions)} items")
-    return [pixels(steps, data, i) for i, data in enumerate(images)], captions
+    return [prepare(steps, data, i) for i, data in enumerate(images)], captions
 
 
 def generation_params(inputs: Arrays) -> GenerationParams:

@@ -144,9 +144,12 @@ class TextParams(TokenizerParams, SessionParams):
 
 @dataclass(frozen=True, kw_only=True)
 class ImageParams(FamilyParams, InputLimits):
-    """``<family>_image_preprocessor``: decode threads (0: one per core)."""
+    """``<family>_image_preprocessor``: decode threads (0: one per core); ``on_device``:
+    resize, crop and normalise on the instance's device (``repo build --preprocess device``)
+    rather than on the decode threads."""
 
     decode_threads: int = 0
+    on_device: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,12 +164,14 @@ class SegmentParams(ImageParams):
 
 @dataclass(frozen=True, kw_only=True)
 class BlipParams(SessionParams, InputLimits):
-    """BLIP's raw models (``blip_itm``): the checkpoint's kind, token ids and positions."""
+    """BLIP's raw models (``blip_itm``): the checkpoint's kind, token ids and positions;
+    ``on_device`` as ImageParams'."""
 
     kind: str
     bos_token_id: int
     sep_token_id: int
     max_text_length: int
+    on_device: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)

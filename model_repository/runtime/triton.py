@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -76,9 +77,36 @@ def request_arrays(request: Any, names: list[str]) -> dict[str, np.ndarray | Non
     return found
 
 
-def response(outputs: dict[str, np.ndarray]) -> Any:
+def request_values(request: Any, names: list[str], on_host: Collection[str] = ()) -> dict[str, Any]:
+    """A request's inputs by name, as ONNX Runtime values on the device Triton hands them
+    over on (by DLPack, no copy: a GPU tensor that an ensemble's previous model left on the
+    GPU stays there), ``on_host`` ones as numpy arrays; None for an absent optional one.
+    The values borrow the request's memory: use them within ``execute``."""
+    import onnxruntime as ort
+
+    found: dict[str, Any] = {}
+    for name in names:
+        tensor = pb_utils.get_input_tensor_by_name(request, name)
+        if tensor is None:
+            found[name] = None
+        elif name in on_host:
+            found[name] = np.asarray(tensor.as_numpy())
+        else:
+            found[name] = ort.OrtValue.from_dlpack(tensor.to_dlpack())
+    return found
+
+
+def output_tensor(name: str, value: Any) -> Any:
+    """A response tensor from a numpy array, or from an ONNX Runtime value by DLPack (a
+    value on the GPU goes to the next model of an ensemble without a host round trip)."""
+    if isinstance(value, np.ndarray):
+        return pb_utils.Tensor(name, value)
+    return pb_utils.Tensor.from_dlpack(name, value)
+
+
+def response(outputs: Mapping[str, Any]) -> Any:
     return pb_utils.InferenceResponse(
-        output_tensors=[pb_utils.Tensor(name, value) for name, value in outputs.items()]
+        output_tensors=[output_tensor(name, value) for name, value in outputs.items()]
     )
 
 

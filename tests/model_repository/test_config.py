@@ -218,6 +218,50 @@ def test_gpu_ids_place_the_graph_models_on_each_gpu(clip_export: Path, tmp_path:
     assert shape["clip_image_preprocessor"].instances == 1
 
 
+@pytest.mark.parametrize("runtime", ["python", "onnxruntime"])
+def test_device_preprocessing_on_gpus(
+    clip_export: Path, blip_exports: dict[str, Path], tmp_path: Path, runtime: str
+) -> None:
+    """`repo build --gpus 0,1 --preprocess device`: the image pre-processor's instances go
+    on the GPUs with the encoders and say so in their parameters; the python runtime's graph
+    models take their inputs where Triton has them (a GPU tensor stays on the GPU); BLIP's
+    raw models run on the GPUs and pre-process there. Without it, pre-processing stays on
+    CPU and inputs are copied to the host as before."""
+    from vlpserve.cli import main
+
+    def build(out: Path, *extra: str) -> None:
+        for export_dir in (clip_export, blip_exports["caption"], blip_exports["itm"]):
+            args = ["repo", "build", str(export_dir), "--out", str(out), "--runtime", runtime]
+            assert main([*args, "--gpus", "0,1", *extra]) == 0
+        assert validate_repository(out).ok
+
+    def seen(out: Path, name: str) -> tuple[str, list[int], str | None, str | None]:
+        config = read_config(out / name / "config.pbtxt")
+        (group,) = config.instance_group
+        parameters = config.parameters
+        keep = parameters.get("FORCE_CPU_ONLY_INPUT_TENSORS")
+        on_device = parameters.get("on_device")
+        return (
+            pb.ModelInstanceGroup.Kind.Name(group.kind),
+            list(group.gpus),
+            keep.string_value if keep else None,
+            on_device.string_value if on_device else None,
+        )
+
+    build(tmp_path / "device", "--preprocess", "device")
+    build(tmp_path / "host")
+    python = runtime == "python"
+    keep = "no" if python else None
+    for folder, on_device in (("device", "1"), ("host", "0")):
+        out = tmp_path / folder
+        preprocessor_kind = ("KIND_GPU", [0, 1]) if on_device == "1" else ("KIND_CPU", [])
+        assert seen(out, "clip_image_preprocessor") == (*preprocessor_kind, None, on_device)
+        assert seen(out, "clip_image_encoder")[:3] == ("KIND_GPU", [0, 1], keep)
+        assert seen(out, "blip_caption_vision_encoder")[:3] == ("KIND_GPU", [0, 1], keep)
+        for raw in ("blip_caption", "blip_itm"):
+            assert seen(out, raw) == ("KIND_GPU", [0, 1], None, on_device)
+
+
 def test_gpu_ids_are_checked(clip_export: Path, tmp_path: Path, capsys) -> None:
     from vlpserve.cli import main
     from vlpserve.model_repository import RepositoryOptions

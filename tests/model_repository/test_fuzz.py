@@ -167,7 +167,7 @@ def test_itm_input(blip_steps, pairs: list[tuple[bytes, bytes]], extra: bool) ->
         "IMAGE": np.array(images, dtype=object).reshape(-1, 1),
         "TEXT": np.array(texts, dtype=object).reshape(-1, 1),
     }
-    found = _never_else(lambda: inputs.pairs(arrays, blip_steps))
+    found = _never_else(lambda: inputs.pairs(arrays, blip_steps, inputs.pixels))
     if found is not None:
         pixels, decoded = found  # type: ignore[misc]
         assert len(pixels) == len(decoded) and not extra
