@@ -2,9 +2,10 @@
 a few minutes (and, with ``--size tiny``, its CPU smoke in CI).
 
 It is the bench suite with one fixed plan: CLIP ViT-B/32 and BLIP base with seeded weights
-(the hub is out of reach there), exported in fp16 where CUDA is (fp32 on CPU), served by the
-embedded tritonserver and measured over gRPC, against Hugging Face PyTorch eager (fp16 on
-the GPU) and ONNX Runtime in process on the same graphs (the CUDA provider when
+(the hub is out of reach there), exported in fp16 and pre-processed on the device
+(``--preprocess device``) where CUDA is (fp32 and host on CPU), served by the embedded
+tritonserver and measured over gRPC, against Hugging Face PyTorch eager (fp16 on the GPU)
+and ONNX Runtime in process on the same graphs (the CUDA provider when
 onnxruntime-gpu is installed). It writes the bench's report and ``gpu_check.json`` /
 ``gpu_check.md``: the issue's three targets, each measured, missed, or not measurable with
 what the machine has.
@@ -51,6 +52,8 @@ def options(
         size=size,
         baselines=True,
         precision=Precision.FP16 if cuda_available() else Precision.FP32,
+        # BLIP's images resized and normalised on the GPU, next to its vision encoder.
+        preprocess="device" if cuda_available() else "host",
         command=command,
     )
 

@@ -87,6 +87,7 @@ class BenchOptions:
     encoder_instances: int = 1
     encoder_threads: int = 0
     preprocess: str = "host"  # repo build's --preprocess
+    max_queue_delay_us: int = 0  # repo build's --max-queue-delay-us
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
     soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
@@ -277,6 +278,7 @@ def run_bench(
             encoder_instances=options.encoder_instances,
             encoder_threads=options.encoder_threads,
             preprocess=Preprocess(options.preprocess),
+            max_queue_delay_us=options.max_queue_delay_us,
         )
         server = TritonServer(repo, startup_timeout_s=600).start()
         url, metrics_url = server.grpc_url, server.metrics_url
@@ -312,6 +314,7 @@ def run_bench(
             "encoder_instances": options.encoder_instances if deployed else "as served",
             "encoder_threads": options.encoder_threads if deployed else "as served",
             "preprocess": options.preprocess if deployed else "as served",
+            "max_queue_delay_us": options.max_queue_delay_us if deployed else "as served",
             "url": options.url or "embedded tritonserver",
         },
         "graphs": graph_accuracy(deployed),

@@ -101,6 +101,7 @@ def prepare_repository(
     encoder_instances: int = 1,
     encoder_threads: int = 0,
     preprocess: Preprocess = Preprocess.HOST,
+    max_queue_delay_us: int = 0,
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (``models`` by name, else the hub's or seeded ones), their exports and
     one repository ``<workdir>/model_repository``, built afresh.
@@ -129,6 +130,7 @@ def prepare_repository(
                 encoder_instances=encoder_instances,
                 encoder_threads=encoder_threads,
                 preprocess=preprocess,
+                max_queue_delay_us=max_queue_delay_us,
             )
         )
         deployed[name] = (source, export_dir)

@@ -247,6 +247,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         encoder_instances=args.encoder_instances,
         encoder_threads=args.encoder_threads,
         preprocess=args.preprocess,
+        max_queue_delay_us=args.max_queue_delay_us,
         command="vlpserve " + " ".join(sys.argv[1:]),
         soak_s=args.soak,
         soak_window_s=args.soak_window,
@@ -528,6 +529,7 @@ def parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--preprocess", choices=["host", "device"], default="host", help="as repo build's"
     )
+    bench.add_argument("--max-queue-delay-us", type=int, default=0, help="as repo build's")
     bench.add_argument(
         "--soak",
         type=float,

@@ -193,4 +193,8 @@ class DeviceOps:
         model.ir_version = 8
         onnx.checker.check_model(model)
         on_gpu = self.device.kind == "cuda"
-        return session(model.SerializeToString(), on_gpu=on_gpu, device_id=self.device.id)
+        # One thread: these are copies, and a pool's threads would spin on the cores that
+        # the graphs next to them need.
+        return session(
+            model.SerializeToString(), on_gpu=on_gpu, device_id=self.device.id, threads=1
+        )
