@@ -82,20 +82,36 @@ def test_clip_embeddings_within_the_gate(clip_export: Path, photos, reference) -
     assert cosines.min() >= MIN_COSINE, cosines
 
 
-def test_rows_are_written_in_place(clip_export: Path, photos) -> None:
-    """Each image lands in its own row of one batch value, the others untouched."""
+@pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)])
+def test_rows_are_written_in_place(clip_export: Path, photos, on_gpu: bool) -> None:
+    """Each image lands in its own row of one batch value on the device, the others
+    untouched; on CUDA the rows are the CPU's to within float rounding, and the encoder
+    takes that value where it is (``placed``)."""
+    import onnxruntime as ort
+
+    from vlpserve.model_repository.runtime.device import Device, placed
+
+    if on_gpu and "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("ONNX Runtime has no CUDA provider here (pip install 'vlpserve[gpu]')")
     steps = ImagePreprocessing.from_file(clip_export / "preprocessor" / "preprocessor_config.json")
-    device = DeviceImages(steps)
+    device = DeviceImages(steps, on_gpu=on_gpu)
+    assert device.device.kind == ("cuda" if on_gpu else "cpu")
     images = list(_images(photos).values())[:3]
     batch = device.batch(3)
+    assert batch.device_name().lower() == device.device.kind
     pointer = batch.data_ptr()
     for row in (2, 0, 1):
         device.into(images[row], batch, row)
     assert batch.data_ptr() == pointer
+    on_cpu = DeviceImages(steps)
     for row, image in enumerate(images):
-        np.testing.assert_array_equal(batch.numpy()[row], device(image).numpy()[0])
+        np.testing.assert_allclose(batch.numpy()[row], on_cpu(image).numpy()[0], atol=1e-5)
+    assert placed(batch, device.device) is batch
     with pytest.raises(IndexError):
         device.into(images[0], batch, 3)
+    if on_gpu:  # a value on another GPU than the session's comes through the host
+        moved = placed(batch, Device("cuda", device.device.id + 1))
+        assert moved.device_name().lower() == "cpu"
 
 
 def test_filters_other_than_bicubic_are_refused(clip_export: Path) -> None:
