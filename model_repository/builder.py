@@ -202,6 +202,13 @@ class _Renderer:
         # Python models that run graphs on a GPU take their inputs where they are.
         self.keep_input_device = KEEP_INPUT_DEVICE if self.on_gpu else {}
 
+    def preprocessing_placement(self) -> dict[str, Any]:
+        """Where models that pre-process images go: with the encoders on the GPUs when they
+        pre-process on the device, else on CPU (their decode threads)."""
+        if self.on_device and self.on_gpu:
+            return {"device": Device.GPU, "gpus": self.options.gpus}
+        return {"device": Device.CPU, "gpus": ()}
+
     def model_folder(self, name: str) -> ModelFolder:
         """``<out>/<name>/1``, emptied."""
         if (self.options.out / name).exists():
@@ -268,6 +275,14 @@ class _Builder(_Renderer):
         super().__init__(options, report)
         self.models: EmbeddingModels = embedding_models(report.family)
         self.family = FamilyParams(logit_scale=float(report.required("logit_scale")))
+        if self.on_device and self.models.family is Family.GROUPVIT:
+            # GroupViT's hard grouping flips on sub-level pixel differences: on the test
+            # model, device pixels moved its image embeddings to cosine 0.907-0.999.
+            raise ConfigError(
+                "--preprocess device does not pass its parity gate for GroupViT (its hard "
+                "grouping turns the resize's rounding differences into different groups); "
+                "use --preprocess host"
+            )
 
     def encoder(self, contract: ModelContract, graph: str) -> ModelConfig:
         src = self.graph(graph)
@@ -386,8 +401,6 @@ class _Builder(_Renderer):
         params = ImageParams(
             logit_scale=self.family.logit_scale, on_device=self.on_device, **self.limits
         )
-        # Pre-processing on the device: the instances go where the encoders are.
-        on_gpu = self.on_device and self.on_gpu
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -396,8 +409,7 @@ class _Builder(_Renderer):
             outputs=(pixel_values,),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            device=Device.GPU if on_gpu else Device.CPU,
-            gpus=self.options.gpus if on_gpu else (),
+            **self.preprocessing_placement(),
             parameters=params.to_config(),
         )
 

@@ -260,3 +260,17 @@ def test_served_blip_equals_hugging_face_on_the_device_pixels(
     # Measured here: 6e-8 from Hugging Face on the device's pixels, 3e-5 on the processor's
     # (the tolerance tells the two apart; tests/client/test_blip.py allows 1e-4).
     np.testing.assert_allclose(scores, expected, atol=2e-6)
+
+
+def test_groupvit_is_refused(groupvit_export, tmp_path) -> None:
+    """GroupViT's hard grouping does not pass the gate (on the test model, device pixels
+    moved its image embeddings to cosine 0.907): the build says so rather than serve it."""
+    from vlpserve.errors import ConfigError
+    from vlpserve.model_repository import Preprocess, RepositoryOptions, build_repository
+
+    options = RepositoryOptions(
+        export_dir=groupvit_export, out=tmp_path, preprocess=Preprocess.DEVICE
+    )
+    with pytest.raises(ConfigError, match="GroupViT"):
+        build_repository(options)
+    assert not any(tmp_path.iterdir())
