@@ -82,6 +82,24 @@ def test_clip_embeddings_within_the_gate(clip_export: Path, photos, reference) -
     assert cosines.min() >= MIN_COSINE, cosines
 
 
+def test_blip_embeddings_within_the_gate(blip_checkpoints, blip_exports, photos) -> None:
+    """BLIP's vision encoder on device pixels against the processor's: [CLS] states."""
+    import torch
+    from transformers import BlipForConditionalGeneration, BlipImageProcessor
+
+    folder = blip_exports["caption"] / "preprocessor"
+    device = DeviceImages(ImagePreprocessing.from_file(folder / "preprocessor_config.json"))
+    processor = BlipImageProcessor.from_pretrained(folder)
+    vision = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
+    images = list(_images(photos).values())
+    ours = torch.from_numpy(np.concatenate([device(image).numpy() for image in images]))
+    theirs = processor(images=images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        states = [vision.vision_model(pixel_values=p)[0][:, 0] for p in (ours, theirs)]
+    cosines = torch.nn.functional.cosine_similarity(*states, dim=-1).numpy()
+    assert cosines.min() >= MIN_COSINE, cosines
+
+
 @pytest.mark.parametrize("on_gpu", [False, pytest.param(True, marks=pytest.mark.gpu)])
 def test_rows_are_written_in_place(clip_export: Path, photos, on_gpu: bool) -> None:
     """Each image lands in its own row of one batch value on the device, the others
