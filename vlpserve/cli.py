@@ -363,7 +363,7 @@ def parser() -> argparse.ArgumentParser:
         default="host",
         help="where images are resized, cropped and normalised after decoding on CPU "
         "threads: host (bit-equal to Hugging Face) or device (ONNX Runtime on the "
-        "instance's device, GPU with --device gpu; parity-gated, README)",
+        "instance's device, GPU with --device gpu; parity-gated, README; CLIP and BLIP)",
     )
     build.add_argument("--max-labels", type=int, default=64, help="GroupViT labels per request")
     build.add_argument(
