@@ -18,13 +18,6 @@ import numpy as np
 
 from vlpserve.ort import CUDA, TENSORRT, session
 
-_ELEMENT_TYPES = {
-    "tensor(float)": 1,
-    "tensor(uint8)": 2,
-    "tensor(int32)": 6,
-    "tensor(int64)": 7,
-    "tensor(float16)": 10,
-}
 _OPSET = 17
 
 
@@ -87,6 +80,17 @@ def host_run(
 _DLPACK_CPU, _DLPACK_CUDA = 1, 2
 
 
+def _element_type(value: Value) -> int:
+    """ONNX's element type of a value: "tensor(float16)" -> TensorProto.FLOAT16, and so on."""
+    from onnx import TensorProto
+
+    name = str(value.data_type()).removeprefix("tensor(").removesuffix(")")
+    found = getattr(TensorProto, name.upper(), None)
+    if not isinstance(found, int):
+        raise TypeError(f"no ONNX element type for {value.data_type()}")
+    return found
+
+
 def placed(value: Value, device: Device) -> Value:
     """``value`` where a session on ``device`` can take it: as it is when it is there or on
     the host (ONNX Runtime copies from there), else through the host (a GPU tensor that an
@@ -144,7 +148,7 @@ class DeviceOps:
         return self._run("rows", values, {})[0]
 
     def _run(self, op: str, values: list[Value], extra: dict[str, np.ndarray]) -> list[Value]:
-        types = tuple(_ELEMENT_TYPES[v.data_type()] for v in values)
+        types = tuple(_element_type(v) for v in values)
         rank = len(values[0].shape())
         key = (op, len(values), types, rank)
         graph = self.sessions.get(key)

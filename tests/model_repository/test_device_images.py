@@ -157,6 +157,11 @@ def test_rows_join_device_values() -> None:
     # One thread: a pool's spinning threads cost served CLIP images 17% on 2 cores (RESULTS).
     (joined,) = ops.sessions.values()
     assert joined.get_session_options().intra_op_num_threads == 1
+    for kind in (np.bool_, np.float64, np.int8, np.int32):  # any element type a graph takes
+        arrays = [np.ones((1, 2), dtype=kind), np.zeros((2, 2), dtype=kind)]
+        found = ops.rows([ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]).numpy()
+        np.testing.assert_array_equal(found, np.concatenate(arrays))
+        assert found.dtype == kind
 
 
 def _identity_graph() -> bytes:
