@@ -202,13 +202,6 @@ class _Renderer:
         # Python models that run graphs on a GPU take their inputs where they are.
         self.keep_input_device = KEEP_INPUT_DEVICE if self.on_gpu else {}
 
-    def preprocessing_placement(self) -> dict[str, Any]:
-        """Where models that pre-process images go: with the encoders on the GPUs when they
-        pre-process on the device, else on CPU (their decode threads)."""
-        if self.on_device and self.on_gpu:
-            return {"device": Device.GPU, "gpus": self.options.gpus}
-        return {"device": Device.CPU, "gpus": ()}
-
     def model_folder(self, name: str) -> ModelFolder:
         """``<out>/<name>/1``, emptied."""
         if (self.options.out / name).exists():
@@ -401,6 +394,8 @@ class _Builder(_Renderer):
         params = ImageParams(
             logit_scale=self.family.logit_scale, on_device=self.on_device, **self.limits
         )
+        # Pre-processing on the device: the instances go where the encoders are.
+        on_gpu = self.on_device and self.on_gpu
         return ModelConfig(
             name=contract.name,
             backend="python",
@@ -409,7 +404,8 @@ class _Builder(_Renderer):
             outputs=(pixel_values,),
             batching=self.batching,
             instances=self.options.preprocess_instances,
-            **self.preprocessing_placement(),
+            device=Device.GPU if on_gpu else Device.CPU,
+            gpus=self.options.gpus if on_gpu else (),
             parameters=params.to_config(),
         )
 

@@ -12,15 +12,16 @@ image graph on the device path's pixels and on CLIPImageProcessor's, the pixels'
 from __future__ import annotations
 
 import io
-import statistics
 import sys
-import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from transformers import CLIPImageProcessor
 
+from vlpserve.benchmarks.baselines import median_s
 from vlpserve.export.common import Precision
 from vlpserve.export.samples import photo_bytes
 from vlpserve.layout import ExportFolder
@@ -30,13 +31,8 @@ from vlpserve.model_repository.runtime.images import ImagePreprocessing
 from vlpserve.ort import session
 
 
-def median_ms(work, repeats: int = 20) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append((time.perf_counter() - started) * 1e3)
-    return statistics.median(times)
+def median_ms(work: Callable[[], object], repeats: int = 20) -> float:
+    return median_s(work, warmup=0, repeats=repeats) * 1e3
 
 
 def main() -> None:
@@ -61,8 +57,8 @@ def main() -> None:
         (a,) = graph.run(None, {"pixel_values": ours})
         (b,) = graph.run(None, {"pixel_values": theirs})
         cosine = float(np.sum(a * b) / np.linalg.norm(a) / np.linalg.norm(b))
-        host_ms = median_ms(lambda image=image: steps(image))
-        device_ms = median_ms(lambda image=image: device(image))
+        host_ms = median_ms(partial(steps, image))
+        device_ms = median_ms(partial(device, image))
         print(
             f"| {name} | {image.width}x{image.height} | {cosine:.7f} | {levels.max():.2f} | "
             f"{levels.mean():.3f} | {host_ms:.2f} | {device_ms:.2f} |"

@@ -49,12 +49,8 @@ class TritonPythonModel(BatchedModel[Pairs]):
 
     def run(self, items: list[Pairs]) -> Sequence[Outputs | Exception]:
         images = [image for item_images, _ in items for image in item_images]
-        if self.device_images is None:
-            batch = np.stack(images)
-        else:
-            batch = self.device_images.batch(len(images))
-            for row, image in enumerate(images):
-                self.device_images.into(image, batch, row)
+        device = self.device_images
+        batch = np.stack(images) if device is None else device.stack(images)
         ids, mask = self.text.batch([t for _, texts in items for t in texts])
         itm, itc = match_scores(self.vision, self.itm, self.text_feat, ids, mask, batch)
         outputs = {ITM_SCORE: itm[:, None], ITC_SCORE: itc[:, None]}

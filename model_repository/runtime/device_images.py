@@ -98,11 +98,17 @@ class DeviceImages:
         )
         self.session.run_with_iobinding(binding)
 
+    def stack(self, images: list[Image.Image]) -> Any:
+        """A (len(images), 3, height, width) value on the device, one decoded RGB image per
+        row, pre-processed one after another on this thread."""
+        value = self.batch(len(images))
+        for row, image in enumerate(images):
+            self.into(image, value, row)
+        return value
+
     def __call__(self, image: Image.Image) -> Any:
         """A (1, 3, height, width) value on the device of one decoded RGB image."""
-        value = self.batch(1)
-        self.into(image, value, 0)
-        return value
+        return self.stack([image])
 
     def _geometry(self, image: Image.Image) -> _Geometry:
         steps = self.steps

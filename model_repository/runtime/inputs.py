@@ -98,10 +98,7 @@ def one_image(inputs: Arrays, steps: ImagePreprocessing) -> Image.Image:
     found = image_bytes(inputs)
     if len(found) != 1:
         raise InvalidRequest(f"{IMAGE}: send one image per request, got {len(found)}")
-    try:
-        return steps.decode(found[0], 0)
-    except InputItemError as exc:
-        raise named(IMAGE, exc) from exc
+    return decoded(steps, found[0], 0)
 
 
 def decoded(steps: ImagePreprocessing, data: bytes, index: int) -> Image.Image:
@@ -114,10 +111,7 @@ def decoded(steps: ImagePreprocessing, data: bytes, index: int) -> Image.Image:
 
 def pixels(steps: ImagePreprocessing, data: bytes, index: int) -> np.ndarray:
     """One encoded image, decoded and pre-processed; errors name the IMAGE item."""
-    try:
-        return steps.preprocess(data, index)
-    except InputItemError as exc:
-        raise named(IMAGE, exc) from exc
+    return steps(decoded(steps, data, index))
 
 
 def segment_request(
