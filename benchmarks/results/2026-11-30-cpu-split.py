@@ -1,11 +1,13 @@
 """CPU seconds per process while a served model takes closed-loop load: which of tritonserver,
 each Python-backend stub and the client (this process) uses the cores.
 
-    .venv/bin/python benchmarks/results/2026-11-30-cpu-split.py REPOSITORY [CONCURRENCY]
+    .venv/bin/python benchmarks/results/2026-11-30-cpu-split.py REPOSITORY [CONCURRENCY] [--pin]
 
 It serves REPOSITORY (its ``clip_text``) with the project's launcher, sends CLIP texts from
 CONCURRENCY callers for 3 s of warm-up and a 10 s window, and prints texts/s and the CPU each
-process used in the window, from /proc (stubs of one model are summed).
+process used in the window, from /proc (stubs of one model are summed). With ``--pin`` the
+server (tritonserver and its stubs) runs on the last CPU and this process, the load, on the
+others: the load generator no longer takes the server's cores.
 """
 
 from __future__ import annotations
@@ -51,9 +53,14 @@ async def load(url: str, concurrency: int, seconds: float) -> int:
     return done
 
 
-def main(repo: Path, concurrency: int) -> None:
+def main(repo: Path, concurrency: int, pin: bool) -> None:
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin:  # inherited by the server; the load's threads start after the switch back
+        os.sched_setaffinity(0, cpus[-1:])
     with TritonServer(repo) as server:
         assert server.pid is not None
+        if pin:
+            os.sched_setaffinity(0, cpus[:-1])
         asyncio.run(load(server.grpc_url, concurrency, 3.0))
         pids = {server.pid, *in_group(os.getpgid(server.pid))}
         before = {pid: cpu_s(pid) for pid in pids}
@@ -72,4 +79,5 @@ def main(repo: Path, concurrency: int) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 16)
+    args = [a for a in sys.argv[1:] if a != "--pin"]
+    main(Path(args[0]), int(args[1]) if len(args) > 1 else 16, "--pin" in sys.argv)
