@@ -11,6 +11,7 @@ that runs two graphs at once (BLIP generation: vision encoder and decoder) turns
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,14 @@ def providers(
     return chosen
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity (a cpuset, ``taskset``, a pinned
+    server) where the platform has one, else all of them."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def session(
     path: Path | str | bytes,
     *,
@@ -67,9 +76,13 @@ def session(
 ) -> Any:
     """An ``onnxruntime.InferenceSession`` over ``path`` (or a serialized graph) with every
     graph optimization, on the ``providers`` above; on CPU with ``threads`` intra-op
-    threads (0: ORT's default)."""
+    threads (0: ORT's default, or one per usable CPU in a process pinned to fewer than the
+    machine has: ORT's default counts the machine's cores, and its threads would then share
+    the few CPUs and spin against each other)."""
     import onnxruntime as ort
 
+    if not threads and usable_cpus() < (os.cpu_count() or 1):
+        threads = usable_cpus()
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

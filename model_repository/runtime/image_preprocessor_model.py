@@ -13,7 +13,6 @@ INVALID_ARGUMENT naming the item. Then, as ``repo build --preprocess`` chose:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from vlpserve.model_repository.runtime.errors import InvalidRequest
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
 from vlpserve.model_repository.runtime.inputs import decoded, image_bytes, pixels
 from vlpserve.model_repository.runtime.params import ImageParams
+from vlpserve.ort import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -40,10 +40,8 @@ class Pending:
 
 
 def decode_pool(threads: int) -> ThreadPoolExecutor:
-    """Threads that decode images: ``threads``, or one per core for 0."""
-    return ThreadPoolExecutor(
-        max_workers=threads or os.cpu_count() or 1, thread_name_prefix="decode"
-    )
+    """Threads that decode images: ``threads``, or one per usable CPU for 0."""
+    return ThreadPoolExecutor(max_workers=threads or usable_cpus(), thread_name_prefix="decode")
 
 
 def _into(
