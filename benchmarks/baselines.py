@@ -124,13 +124,13 @@ def _with_input_work(
     texts tokenized and padded by the server's tokenizer code, the JPEGs the bench sends
     decoded and pre-processed by the server's image code on one thread per core (as the
     pre-processor model does), then the same graph in process."""
-    import os
     from concurrent.futures import ThreadPoolExecutor
 
     from vlpserve.benchmarks.scenarios import jpeg_photos
     from vlpserve.contract import ATTENTION_MASK, INPUT_IDS, PIXEL_VALUES
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
     from vlpserve.model_repository.runtime.text import TextTokenizer
+    from vlpserve.ort import usable_cpus
 
     folder = ExportFolder(export_dir)
     report = ExportReport.read(export_dir)
@@ -139,7 +139,7 @@ def _with_input_work(
     )
     steps = ImagePreprocessing.from_file(folder.preprocessor_file)
     jpegs = jpeg_photos(photos)
-    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    pool = ThreadPoolExecutor(max_workers=usable_cpus())
 
     def text(batch: int) -> Callable[[], object]:
         texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]

@@ -56,7 +56,7 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
         f"size {report['settings']['size']}; precision {report['settings'].get('precision')}; "
-        f"command: `{report['settings']['command']}`",
+        f"command: `{report['settings']['command']}`{_pinning(report['settings'])}",
         "",
         "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms "
         "| errors |",
@@ -226,3 +226,13 @@ def write(report: dict[str, Any], out: Path) -> dict[str, Path]:
     for path in plots(report, out):
         files[path.stem] = path
     return files
+
+
+def _pinning(settings: dict[str, Any]) -> str:
+    server = settings.get("server_cpus", "all")
+    if server == "all":
+        return ""
+    return (
+        f"; server and in-process baselines on CPUs {server}, "
+        f"load generator on CPUs {settings['load_cpus']}"
+    )

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from vlpserve.benchmarks import baselines, triton_stats
+from vlpserve.benchmarks import baselines, pinning, triton_stats
 from vlpserve.benchmarks import report as reports
 from vlpserve.benchmarks.load import Point, closed_loop, open_loop, sender
 from vlpserve.benchmarks.scenarios import Scenario, build_scenarios
@@ -94,6 +94,9 @@ class BenchOptions:
     soak_window_s: float = 60.0
     server_pid: int | None = None  # with url: a tritonserver on this machine, for its memory
     openai_url: str | None = None  # the front door's base URL (started here when embedded)
+    # The embedded server's CPUs: the load generator runs on the others and the in-process
+    # baselines on these (empty: everything shares every CPU).
+    server_cpus: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         unknown = set(self.scenarios) - set(ALL_SCENARIOS)
@@ -107,6 +110,11 @@ class BenchOptions:
             raise ConfigError("rate_rps must be > 0")
         if self.soak_s is not None and (self.soak_s <= 0 or self.soak_window_s <= 0):
             raise ConfigError("soak_s and soak_window_s must be > 0")
+        if self.server_cpus:
+            if self.url:
+                raise ConfigError("server_cpus pins the server the bench starts: not with url")
+            pinning.split(self.server_cpus)  # leaves CPUs to the load generator
+            object.__setattr__(self, "server_cpus", tuple(sorted(set(self.server_cpus))))
         object.__setattr__(self, "size", Size(self.size))
         object.__setattr__(self, "precision", Precision(self.precision))
         object.__setattr__(self, "workdir", Path(self.workdir))
@@ -276,11 +284,12 @@ def run_bench(
             device=Device(options.device or _default_device()),
             precision=options.precision,
             encoder_instances=options.encoder_instances,
-            encoder_threads=options.encoder_threads,
+            encoder_threads=_encoder_threads(options),
             preprocess=Preprocess(options.preprocess),
             max_queue_delay_us=options.max_queue_delay_us,
         )
-        server = TritonServer(repo, startup_timeout_s=600).start()
+        cpus = frozenset(options.server_cpus) or None
+        server = TritonServer(repo, startup_timeout_s=600, cpus=cpus).start()
         url, metrics_url = server.grpc_url, server.metrics_url
     options = _with(options, metrics_url=metrics_url)
     pixels = _pixel_values(deployed["clip"][1], photos) if "clip" in deployed else None
@@ -312,16 +321,18 @@ def run_bench(
             "device": options.device or _default_device(),
             "precision": options.precision.value if deployed else "as served",
             "encoder_instances": options.encoder_instances if deployed else "as served",
-            "encoder_threads": options.encoder_threads if deployed else "as served",
+            "encoder_threads": _encoder_threads(options) if deployed else "as served",
             "preprocess": options.preprocess if deployed else "as served",
             "max_queue_delay_us": options.max_queue_delay_us if deployed else "as served",
             "url": options.url or "embedded tritonserver",
+            **pinning.settings(options.server_cpus),
         },
         "graphs": graph_accuracy(deployed),
         "scenarios": {},
         "absent": {},
         "baselines": {},
     }
+    load_cpus = pinning.split(options.server_cpus)
     try:
         for name in options.scenarios:
             scenario = known.get(name)
@@ -334,8 +345,9 @@ def run_bench(
             if scenario.front_door and not options.openai_url:
                 result["absent"][name] = "give the front door's --openai-url"
                 continue
-            progress(f"{name}: concurrency {list(options.concurrency)}")
-            points = asyncio.run(_points(url, scenario, options, stats_clients, deadline))
+            with pinning.pinned(load_cpus):
+                progress(f"{name}: concurrency {list(options.concurrency)}")
+                points = asyncio.run(_points(url, scenario, options, stats_clients, deadline))
             result["scenarios"][name] = {
                 "model": scenario.model,
                 "description": scenario.description,
@@ -350,8 +362,9 @@ def run_bench(
             server.stop()
     if options.baselines and deployed:
         # After the server stops: the baselines then have the machine (CPU and memory) alone.
-        progress("in-process baselines")
-        result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
+        with pinning.pinned(options.server_cpus):
+            progress("in-process baselines")
+            result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
     result["comparisons"] = reports.comparisons(result)
     result["elapsed_s"] = time.monotonic() - started
     files = reports.write(result, options.out)
@@ -396,8 +409,10 @@ def _soak(
 
     started = datetime.now(UTC).isoformat(timespec="seconds")
     found = machine()
+    with pinning.pinned(pinning.split(options.server_cpus)):
+        run_soak = asyncio.run(run())
     report = soak.summarize(
-        asyncio.run(run()),
+        run_soak,
         window_s=options.soak_window_s,
         settings={
             "started": started,
@@ -407,6 +422,7 @@ def _soak(
             "size": options.size.value,
             "command": options.command,
             "url": options.url or "embedded tritonserver",
+            **pinning.settings(options.server_cpus),
         },
     )
     files = soak.write(report, options.out)
@@ -509,6 +525,14 @@ def cuda_available() -> bool:
 
 def _default_device() -> str:
     return "gpu" if cuda_available() else "cpu"
+
+
+def _encoder_threads(options: BenchOptions) -> int:
+    """The encoders' threads: as given, or with server CPUs and none given, those CPUs
+    shared between the instances (ORT's default would count the machine's cores)."""
+    if options.encoder_threads or not options.server_cpus:
+        return options.encoder_threads
+    return max(1, len(options.server_cpus) // options.encoder_instances)
 
 
 def _with(options: BenchOptions, **changes: Any) -> BenchOptions:

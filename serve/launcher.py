@@ -82,14 +82,17 @@ PR_SET_PDEATHSIG = 1
 BIND_RETRIES = 3  # free ports can be taken between choosing them and tritonserver binding
 
 
-def _die_with_parent(parent: int) -> Any:
-    """A preexec function: the child gets SIGKILL when ``parent`` dies (Linux)."""
+def _die_with_parent(parent: int, cpus: frozenset[int] | None = None) -> Any:
+    """A preexec function: the child gets SIGKILL when ``parent`` dies, and runs on ``cpus``
+    (with every thread and process it starts) where given (Linux)."""
 
     def arm() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:  # the parent died before the signal was armed
             os._exit(1)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
 
     return arm if sys.platform.startswith("linux") else None
 
@@ -134,6 +137,9 @@ class TritonServer:
     ones are refused. With ``supervise``, a model whose stub process dies is reloaded
     (``StubWatch``); ``healthy()`` turns False when that fails. ``tritonserver`` names
     another installation's binary (an NGC container's), whose own backends are then used.
+    ``cpus`` pins the server and its model stubs to those CPUs (a load generator on the
+    others then does not take the server's cores); graphs whose threads are not set take one
+    per CPU given.
     """
 
     repository: (
@@ -150,12 +156,20 @@ class TritonServer:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
+    cpus: frozenset[int] | None = None  # the CPUs it and its model stubs run on (Linux)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
     _watch: StubWatch | None = field(default=None, init=False, repr=False)
     _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.cpus is not None:
+            self.cpus = frozenset(self.cpus)
+            usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set()
+            if not self.cpus or not self.cpus <= usable:
+                raise ServeError(
+                    f"cpus {sorted(self.cpus)}: this process may run on CPUs {sorted(usable)} only"
+                )
         if not str(self.repository).startswith(REMOTE_SCHEMES):
             self.repository = Path(self.repository).resolve()
         self._chosen = tuple(
@@ -271,7 +285,7 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=_die_with_parent(os.getpid(), self.cpus),
             )
         )
         log.close()

@@ -227,6 +227,7 @@ def cmd_openai(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from vlpserve.benchmarks import BenchOptions, run_bench
+    from vlpserve.benchmarks.pinning import cpu_list
     from vlpserve.progress import progress
 
     options = BenchOptions(
@@ -253,6 +254,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         soak_window_s=args.soak_window,
         server_pid=args.server_pid,
         openai_url=args.openai_url,
+        server_cpus=cpu_list(args.server_cpus) if args.server_cpus else (),
     )
     with progress("bench") as step:
         report = run_bench(options, step)
@@ -546,6 +548,13 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="with --url: the tritonserver's pid on this machine, whose memory --soak samples",
+    )
+    bench.add_argument(
+        "--server-cpus",
+        default=None,
+        metavar="CPUS",
+        help="the embedded server's CPUs (1 / 0,1 / 0-3): the load generator runs on the "
+        "others, the in-process baselines on these (Linux)",
     )
     bench.set_defaults(func=cmd_bench)
 

@@ -4,6 +4,7 @@ speed threshold: speed belongs in benchmarks, not in tests)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 
 from tests.conftest import has_cuda
 from vlpserve.benchmarks import ALL_SCENARIOS, BenchOptions, run_bench
+from vlpserve.benchmarks.pinning import cpu_list
 from vlpserve.benchmarks.triton_stats import delta, parse_gpu_metrics
 from vlpserve.errors import ConfigError
+from vlpserve.serve.supervisor import children, in_group
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -153,6 +156,75 @@ def test_options_are_checked() -> None:
         BenchOptions(concurrency=(0,))
     with pytest.raises(ConfigError, match="rate_rps"):
         BenchOptions(rate_rps=-1.0)
+    usable = tuple(sorted(os.sched_getaffinity(0)))
+    with pytest.raises(ConfigError, match="none of"):
+        BenchOptions(server_cpus=usable)  # nothing left to the load generator
+    with pytest.raises(ConfigError, match="may run on CPUs"):
+        BenchOptions(server_cpus=(max(usable) + 1,))
+    with pytest.raises(ConfigError, match="not with url"):
+        BenchOptions(server_cpus=usable[:1], url="127.0.0.1:8001")
+    assert cpu_list("0-2,5") == (0, 1, 2, 5) and cpu_list(" 3 ") == (3,)
+    for text in ("", "a", "2-x", "-1"):
+        with pytest.raises(ConfigError, match="CPU list"):
+            cpu_list(text)
+
+
+def _affinities(pids: list[int]) -> list[set[int]]:
+    return [os.sched_getaffinity(pid) for pid in pids]
+
+
+def _my_threads() -> list[int]:
+    return [int(tid) for tid in os.listdir("/proc/self/task")]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs")
+def test_server_cpus_keep_the_load_generator_off_the_server(tmp_path: Path) -> None:
+    """With server_cpus, tritonserver and every stub run on those CPUs and the bench's own
+    threads (the load generator) on the others; the in-process baselines run on the
+    server's CPUs with encoders of one thread per CPU; afterwards the process is back."""
+    usable = sorted(os.sched_getaffinity(0))
+    server_cpus, load_cpus = {usable[-1]}, set(usable[:-1])
+    seen: dict[str, list[set[int]]] = {}
+
+    def progress(message: str) -> None:
+        if "concurrency" in message:
+            (triton,) = [
+                pid
+                for pid in children(os.getpid())
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "tritonserver"
+            ]
+            seen["server"] = _affinities(in_group(os.getpgid(triton)))
+            seen["load"] = _affinities(_my_threads())
+        if "baselines" in message:
+            seen["baselines"] = _affinities(_my_threads())
+
+    report = run_bench(
+        BenchOptions(
+            scenarios=("clip_text",),
+            concurrency=(2,),
+            warmup_s=0.1,
+            duration_s=0.5,
+            size="tiny",
+            workdir=tmp_path / "work",
+            out=tmp_path / "report",
+            server_cpus=tuple(server_cpus),
+        ),
+        progress,
+    )
+    assert len(seen["server"]) >= 3  # tritonserver and its stubs
+    assert all(cpus == server_cpus for cpus in seen["server"])
+    assert all(cpus == load_cpus for cpus in seen["load"])
+    assert all(cpus == server_cpus for cpus in seen["baselines"])
+    assert all(cpus == set(usable) for cpus in _affinities(_my_threads()))
+    settings = report["settings"]
+    assert settings["server_cpus"] == sorted(server_cpus)
+    assert settings["load_cpus"] == sorted(load_cpus)
+    assert settings["encoder_threads"] == 1  # one server CPU, one instance
+    (point,) = report["scenarios"]["clip_text"]["points"]
+    assert point["errors"] == 0 and point["requests"] > 0
+    assert all(rate > 0 for rate in report["baselines"]["clip_text"]["onnxruntime_e2e"].values())
+    markdown = (tmp_path / "report" / "bench.md").read_text()
+    assert f"load generator on CPUs {sorted(load_cpus)}" in markdown
 
 
 def test_triton_breakdown_from_known_snapshots() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,14 @@ from vlpserve.serve import TritonServer
 def test_missing_repository(tmp_path: Path) -> None:
     with pytest.raises(ServeError, match="does not exist"):
         TritonServer(tmp_path / "nope").start()
+
+
+def test_cpus_outside_the_process_affinity_are_refused(tmp_path: Path) -> None:
+    outside = max(os.sched_getaffinity(0)) + 1
+    with pytest.raises(ServeError, match="may run on CPUs"):
+        TritonServer(tmp_path, cpus=frozenset({outside}))
+    with pytest.raises(ServeError, match="may run on CPUs"):
+        TritonServer(tmp_path, cpus=frozenset())
 
 
 def test_broken_model_fails_with_log_tail(tmp_path: Path) -> None:
