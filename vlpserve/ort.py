@@ -81,8 +81,9 @@ def session(
     the few CPUs and spin against each other)."""
     import onnxruntime as ort
 
-    if not threads and usable_cpus() < (os.cpu_count() or 1):
-        threads = usable_cpus()
+    usable = usable_cpus()
+    if not threads and usable < (os.cpu_count() or 1):
+        threads = usable
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
