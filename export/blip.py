@@ -35,6 +35,7 @@ from vlpserve.contract import (
     cache_names,
 )
 from vlpserve.errors import ExportError
+from vlpserve.export import hf
 from vlpserve.export.clip import image_cases, photo_pixels
 from vlpserve.export.common import (
     ExportOptions,
@@ -56,7 +57,6 @@ logger = logging.getLogger(__name__)
 
 def _wrappers() -> dict[str, type]:
     import torch
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     normalize = torch.nn.functional.normalize
 
@@ -123,11 +123,11 @@ def _wrappers() -> dict[str, type]:
                 input_ids=input_ids.long(),
                 attention_mask=attention_mask,
                 encoder_hidden_states=encoder_hidden_states,
-                past_key_values=EncoderDecoderCache(DynamicCache(), DynamicCache()),
                 use_cache=True,
                 return_dict=True,
+                **{hf.cache_argument(self.decoder): hf.blip_cache()},
             )
-            layers = out.past_key_values.to_legacy_cache()
+            layers = hf.cache_layers(hf.output_cache(out))
             return (out.logits[:, -1, :], *[t for layer in layers for t in layer])
 
     class DecoderStep(torch.nn.Module):
@@ -145,7 +145,7 @@ def _wrappers() -> dict[str, type]:
             *cache: Any,
         ) -> Any:
             layers = tuple(tuple(cache[i : i + 4]) for i in range(0, len(cache), 4))
-            past = EncoderDecoderCache.from_legacy_cache(layers)
+            past = hf.blip_cache(layers)
             # Cross-attention runs only when encoder states are given; its keys and values
             # come from the cache, so a placeholder suffices and is not a graph input.
             placeholder = cache[2].new_zeros(cache[2].shape[0], 1, 1)
@@ -154,11 +154,11 @@ def _wrappers() -> dict[str, type]:
                 position_ids=position_ids.long(),
                 attention_mask=attention_mask,
                 encoder_hidden_states=placeholder,
-                past_key_values=past,
                 use_cache=True,
                 return_dict=True,
+                **{hf.cache_argument(self.decoder): past},
             )
-            layers = out.past_key_values.to_legacy_cache()
+            layers = hf.cache_layers(hf.output_cache(out))
             return (out.logits[:, -1, :], *[t for layer in layers for t in layer[:2]])
 
     return {
@@ -386,7 +386,7 @@ KIND_SPECS: dict[BlipKind, Callable[[_Blip], list[GraphSpec]]] = {
 
 def _load(options: ExportOptions) -> _Blip:
     import transformers
-    from transformers import AutoTokenizer, BlipImageProcessor
+    from transformers import AutoTokenizer
 
     kind = detect_kind(options.model)
     try:
@@ -394,7 +394,7 @@ def _load(options: ExportOptions) -> _Blip:
             options.model, attn_implementation="eager"
         )
         tokenizer = AutoTokenizer.from_pretrained(options.model, use_fast=True)
-        processor = BlipImageProcessor.from_pretrained(options.model)
+        processor = hf.image_processor(options.model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load BLIP checkpoint {options.model!r}: {exc}") from exc
     return _Blip(kind, model.eval(), tokenizer, processor, options.ids_dtype)

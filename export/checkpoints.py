@@ -71,13 +71,17 @@ def write_clip_tokenizer_files(folder: Path) -> tuple[Path, Path]:
 
 
 def clip_tokenizer(work_dir: Path):  # -> CLIPTokenizerFast
-    """Hugging Face CLIPTokenizerFast with the real 49,408-token vocabulary."""
+    """Hugging Face CLIPTokenizerFast with the real 49,408-token vocabulary.
+
+    Loaded from the files with ``from_pretrained``, as a hub checkpoint's are: transformers
+    5 ignores the ``vocab_file`` / ``merges_file`` arguments of the constructor (seen here:
+    a tokenizer of 2 tokens that mapped every word to one id).
+    """
     from transformers import CLIPTokenizerFast
 
-    vocab_file, merges_file = write_clip_tokenizer_files(work_dir)
-    return CLIPTokenizerFast(
-        vocab_file=str(vocab_file),
-        merges_file=str(merges_file),
+    write_clip_tokenizer_files(work_dir)
+    return CLIPTokenizerFast.from_pretrained(
+        work_dir,
         bos_token="<|startoftext|>",
         eos_token="<|endoftext|>",
         unk_token="<|endoftext|>",
@@ -180,11 +184,16 @@ BLIP_BASE_HUB_IDS = {
 
 def blip_tokenizer():  # -> BertTokenizerFast
     """BLIP's tokenizer: BERT uncased WordPiece (30,522) plus [DEC] (bos) and [ENC]."""
+    import shutil
+
     from transformers import BertTokenizerFast
 
     from vlpserve.export.samples import bert_vocab_path
 
-    tokenizer = BertTokenizerFast(vocab_file=str(bert_vocab_path()), do_lower_case=True)
+    # From the file with from_pretrained, as clip_tokenizer (transformers 5 ignores vocab_file).
+    with tempfile.TemporaryDirectory() as folder:
+        shutil.copy(bert_vocab_path(), Path(folder) / "vocab.txt")
+        tokenizer = BertTokenizerFast.from_pretrained(folder, do_lower_case=True)
     tokenizer.add_special_tokens({"bos_token": "[DEC]"})
     tokenizer.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
     tokenizer.model_max_length = 512

@@ -33,6 +33,7 @@ from vlpserve.export.common import (
     sequence_axes,
     torch_inputs,
 )
+from vlpserve.export.hf import features, image_processor
 from vlpserve.export.report import ExportReport
 from vlpserve.export.samples import SAMPLE_TEXTS, photo_paths
 from vlpserve.progress import ProgressFn, no_progress
@@ -51,8 +52,8 @@ def _towers() -> tuple[type, type]:
             self.model = model
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            embeds = self.model.get_text_features(
-                input_ids=input_ids, attention_mask=attention_mask
+            embeds = features(
+                self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask)
             )
             return torch.nn.functional.normalize(embeds, dim=-1)
 
@@ -64,7 +65,7 @@ def _towers() -> tuple[type, type]:
             self.model = model
 
         def forward(self, pixel_values: Any) -> Any:
-            embeds = self.model.get_image_features(pixel_values=pixel_values)
+            embeds = features(self.model.get_image_features(pixel_values=pixel_values))
             return torch.nn.functional.normalize(embeds, dim=-1)
 
     return TextTower, ImageTower
@@ -72,13 +73,13 @@ def _towers() -> tuple[type, type]:
 
 def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
     """Model (eager attention, eval), fast tokenizer and image processor of a checkpoint."""
-    from transformers import AutoImageProcessor, AutoTokenizer
+    from transformers import AutoTokenizer
 
     family = model_class.__name__.removesuffix("Model")
     try:
         loaded = model_class.from_pretrained(model, attn_implementation="eager").eval()
         tokenizer = AutoTokenizer.from_pretrained(model, use_fast=True)
-        processor = AutoImageProcessor.from_pretrained(model, use_fast=False)
+        processor = image_processor(model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load {family} checkpoint {model!r}: {exc}") from exc
     if not getattr(tokenizer, "is_fast", False):
@@ -86,17 +87,17 @@ def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
     return loaded, tokenizer, processor
 
 
-def text_cases(tokenizer: Any, vocab_size: int) -> Cases:
-    """Seeded random ids and real sentences, as the text graph's feeds."""
+def text_cases(tokenizer: Any, vocab_size: int, ids_dtype: str = "int64") -> Cases:
+    """Seeded random ids and real sentences, as the text graph's feeds (ids in ``ids_dtype``)."""
     rng = np.random.default_rng(0)
     ids = rng.integers(0, vocab_size, size=(3, 12), dtype=np.int64)
     ids[:, 0] = tokenizer.bos_token_id
     ids[:, -1] = tokenizer.eos_token_id
     real = tokenizer(list(SAMPLE_TEXTS), padding=True, return_tensors="np")
     return {
-        "seeded": {INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)},
+        "seeded": {INPUT_IDS: ids.astype(ids_dtype), ATTENTION_MASK: np.ones_like(ids)},
         "real_texts": {
-            INPUT_IDS: real["input_ids"].astype(np.int64),
+            INPUT_IDS: real["input_ids"].astype(ids_dtype),
             ATTENTION_MASK: real["attention_mask"].astype(np.int64),
         },
     }
@@ -120,19 +121,20 @@ def image_cases(processor: Any, image_size: int) -> Cases:
     }
 
 
-def text_graph_spec(model: Any, tokenizer: Any) -> GraphSpec:
-    """Graph spec of the text tower (shared by CLIP-like families)."""
+def text_graph_spec(model: Any, tokenizer: Any, ids_dtype: str = "int64") -> GraphSpec:
+    """Graph spec of the text tower (shared by CLIP-like families); token ids in ``ids_dtype``
+    (int32 for TensorRT, whose int64 support is partial)."""
     text_tower, _ = _towers()
-    ids = np.full((2, 16), int(tokenizer.eos_token_id), dtype=np.int64)
+    ids = np.full((2, 16), int(tokenizer.eos_token_id), dtype=ids_dtype)
     ids[:, 0] = int(tokenizer.bos_token_id)
     return GraphSpec(
         name="text_encoder",
         module=text_tower(model).eval(),
-        example_inputs=torch_inputs({INPUT_IDS: ids, ATTENTION_MASK: np.ones_like(ids)}),
+        example_inputs=torch_inputs({INPUT_IDS: ids, ATTENTION_MASK: np.ones(ids.shape, np.int64)}),
         output_names=(TEXT_EMBEDS,),
         dynamic_axes=sequence_axes(INPUT_IDS, ATTENTION_MASK) | batch_axes(TEXT_EMBEDS),
         optimizer=Optimizer.of(model.config.text_config, "clip"),
-        cases=text_cases(tokenizer, model.config.text_config.vocab_size),
+        cases=text_cases(tokenizer, model.config.text_config.vocab_size, ids_dtype),
         output_dims={TEXT_EMBEDS: (int(model.config.projection_dim),)},
         max_sequence=int(model.config.text_config.max_position_embeddings),
     )
@@ -172,7 +174,7 @@ def export_dual_encoder(
         The export report (also written to ``<out>/export_report.json``).
     """
     model, tokenizer, processor = loaded
-    specs = [text_graph_spec(model, tokenizer), image_spec]
+    specs = [text_graph_spec(model, tokenizer, options.ids_dtype), image_spec]
     graphs = export_graphs(specs, options, progress)
     save_processing(options, tokenizer, processor, progress)
     report = ExportReport(
@@ -180,6 +182,7 @@ def export_dual_encoder(
         source=options.model,
         precision=options.precision.value,
         opset=options.opset,
+        ids_dtype=options.ids_dtype,
         logit_scale=float(model.logit_scale.detach().exp().item()),
         max_text_length=int(model.config.text_config.max_position_embeddings),
         pad_token_id=int(tokenizer.pad_token_id),

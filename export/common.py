@@ -60,7 +60,9 @@ class ExportOptions:
     precision: Precision = Precision.FP32
     optimize: bool = True
     keep_plain: bool = False
-    ids_dtype: str = "int64"  # token id inputs of text graphs: "int64" or "int32"
+    # Token id inputs of the text graphs: "int64", or "int32" (TensorRT's int64 support is
+    # partial); empty: int32 for the TensorRT target, int64 otherwise.
+    ids_dtype: str = ""
     target: Target = Target.ONNXRUNTIME
     max_batch: int = 64  # the TensorRT profile's largest batch
 
@@ -71,9 +73,12 @@ class ExportOptions:
             raise ConfigError(f"opset must be between 14 and 21, got {self.opset}")
         object.__setattr__(self, "out", Path(self.out))
         object.__setattr__(self, "precision", Precision(self.precision))
+        object.__setattr__(self, "target", Target(self.target))
+        if not self.ids_dtype:
+            ids = "int32" if self.target is Target.TENSORRT else "int64"
+            object.__setattr__(self, "ids_dtype", ids)
         if self.ids_dtype not in ("int64", "int32"):
             raise ConfigError(f"ids_dtype must be int64 or int32, got {self.ids_dtype!r}")
-        object.__setattr__(self, "target", Target(self.target))
         if self.target is Target.TENSORRT:
             from vlpserve.export.tensorrt import OPSETS
 

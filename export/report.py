@@ -48,7 +48,8 @@ class ExportReport:
     """Everything later steps need to know about an export, and its provenance.
 
     Dual encoders (CLIP, GroupViT) set ``logit_scale`` and ``embedding_dim``; BLIP sets
-    ``kind``, ``ids_dtype``, ``bos_token_id``, ``sep_token_id`` and ``num_layers``.
+    ``kind``, ``bos_token_id``, ``sep_token_id`` and ``num_layers``. ``ids_dtype`` is the
+    text graphs' token id type (int32 for TensorRT exports).
     """
 
     family: str

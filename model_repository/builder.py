@@ -266,7 +266,7 @@ class _Builder(_Renderer):
 
     def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
         super().__init__(options, report)
-        self.models: EmbeddingModels = embedding_models(report.family)
+        self.models: EmbeddingModels = embedding_models(report.family, report.ids_dtype)
         self.family = FamilyParams(logit_scale=float(report.required("logit_scale")))
         if self.on_device and self.models.family is Family.GROUPVIT:
             # GroupViT's hard grouping flips on sub-level pixel differences: on the test
@@ -363,6 +363,7 @@ class _Builder(_Renderer):
             logit_scale=self.family.logit_scale,
             max_length=self.report.max_text_length,
             pad_token_id=self.report.pad_token_id,
+            ids_dtype=self.report.ids_dtype,
             **self.limits,
         )
 

@@ -11,6 +11,8 @@ from tritonclient.grpc import model_config_pb2 as pb
 from vlpserve.contract import (
     BLIP_GRAPHS,
     DUAL_ENCODERS,
+    IDS_DTYPES,
+    INPUT_IDS,
     Family,
     ModelContract,
     blip_models,
@@ -73,6 +75,16 @@ def _check_graph(config: pb.ModelConfig, folder: ModelFolder, problems: list[str
             )
 
 
+def _ids_dtype(text_encoder: pb.ModelConfig | None) -> str:
+    """The token id type a text encoder's config declares (int32 in a TensorRT export), which
+    its tokenizer must produce; int64 where it declares another (the contract check says so)."""
+    for tensor in text_encoder.input if text_encoder else ():
+        if tensor.name == INPUT_IDS:
+            found = numpy_dtype(tensor.data_type)
+            return found if found in IDS_DTYPES else "int64"
+    return "int64"
+
+
 def validate_repository(repo: Path | str) -> ValidationReport:
     """Validate every model of a repository; raise RepositoryError listing all problems."""
     repo = Path(repo)
@@ -103,12 +115,12 @@ def validate_repository(repo: Path | str) -> ValidationReport:
             else:
                 _check_graph(configs[name], ModelFolder.of(repo, name), report.problems)
     for family in DUAL_ENCODERS:
-        contracts = embedding_models(family).all()
+        models = embedding_models(family, _ids_dtype(configs.get(f"{family.value}_text_encoder")))
+        contracts = models.all()
         present = [c for c in contracts if c.name in configs]
         if not present:
             continue
         report.families.append(family.value)
-        models = embedding_models(family)
         graphs = {models.text_encoder.name, models.image_encoder.name}
         for contract in contracts:
             if contract.name not in configs:

@@ -11,8 +11,12 @@ import pytest
 
 from vlpserve.export import ExportOptions, export_blip, export_clip, export_groupvit
 from vlpserve.export.checkpoints import build_blip, build_clip, build_groupvit
+from vlpserve.export.hf import features, image_processor
 from vlpserve.model_repository import RepositoryOptions, Runtime, build_repository
 from vlpserve.serve import TritonServer
+
+# Run from the client-only environment by tests/test_client_env.py, never collected here.
+collect_ignore = ["client_env"]
 
 # Small enough that splitting is exercised with a handful of items; long enough a queue delay
 # that requests sent together are batched together (the tests check that they were).
@@ -149,7 +153,7 @@ class Reference:
 
         batch = self.tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
         with torch.no_grad():
-            embeds = self.model.get_text_features(**batch)
+            embeds = features(self.model.get_text_features(**batch))
         return torch.nn.functional.normalize(embeds, dim=-1).numpy()
 
     def image_embeds(self, images: list[Any]) -> Any:
@@ -157,29 +161,29 @@ class Reference:
 
         pixels = self.processor(images=images, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            embeds = self.model.get_image_features(pixel_values=pixels)
+            embeds = features(self.model.get_image_features(pixel_values=pixels))
         return torch.nn.functional.normalize(embeds, dim=-1).numpy()
 
 
 @pytest.fixture(scope="session")
 def reference(clip_checkpoint: Path) -> Reference:
-    from transformers import CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
+    from transformers import CLIPModel, CLIPTokenizerFast
 
     return Reference(
         model=CLIPModel.from_pretrained(clip_checkpoint).eval(),
         tokenizer=CLIPTokenizerFast.from_pretrained(clip_checkpoint),
-        processor=CLIPImageProcessor.from_pretrained(clip_checkpoint),
+        processor=image_processor(clip_checkpoint),
     )
 
 
 @pytest.fixture(scope="session")
 def groupvit_reference(groupvit_checkpoint: Path) -> Reference:
-    from transformers import CLIPImageProcessor, CLIPTokenizerFast, GroupViTModel
+    from transformers import CLIPTokenizerFast, GroupViTModel
 
     return Reference(
         model=GroupViTModel.from_pretrained(groupvit_checkpoint).eval(),
         tokenizer=CLIPTokenizerFast.from_pretrained(groupvit_checkpoint),
-        processor=CLIPImageProcessor.from_pretrained(groupvit_checkpoint),
+        processor=image_processor(groupvit_checkpoint),
     )
 
 

@@ -44,7 +44,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         precision=args.precision,
         optimize=not args.no_optimize,
         keep_plain=args.keep_plain,
-        ids_dtype=args.ids_dtype or ("int32" if args.target == "tensorrt" else "int64"),
+        ids_dtype=args.ids_dtype or "",
         target=args.target,
         max_batch=args.max_batch,
     )
@@ -318,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
         "--ids-dtype",
         choices=["int64", "int32"],
         default=None,
-        help="BLIP token id inputs (default int64; int32 for --target tensorrt)",
+        help="token id inputs of the text graphs (default int64; int32 for --target tensorrt)",
     )
     export.add_argument(
         "--target",

@@ -98,17 +98,27 @@ class ModelContract:
         return [t.name for t in self.outputs]
 
 
+# Element types token ids may have: int64, or int32 for graphs exported for TensorRT.
+IDS_DTYPES = ("int64", "int32")
+
+
 @dataclass(frozen=True)
 class EmbeddingModels:
-    """The models of a dual-encoder family (CLIP-like): encoders, pre-processing, raw level."""
+    """The models of a dual-encoder family (CLIP-like): encoders, pre-processing, raw level.
+    ``ids_dtype``: the text graph's token id type (the export report's ``ids_dtype``)."""
 
     family: Family
+    ids_dtype: str = "int64"
+
+    def __post_init__(self) -> None:
+        if self.ids_dtype not in IDS_DTYPES:
+            raise ValueError(f"token ids are one of {IDS_DTYPES}, got {self.ids_dtype!r}")
 
     @property
     def text_encoder(self) -> ModelContract:
         return ModelContract(
             f"{self.family.value}_text_encoder",
-            (Tensor(INPUT_IDS, "int64"), Tensor(ATTENTION_MASK, "int64")),
+            (Tensor(INPUT_IDS, self.ids_dtype), Tensor(ATTENTION_MASK, "int64")),
             (Tensor(TEXT_EMBEDS, "float32"),),
         )
 
@@ -127,7 +137,7 @@ class EmbeddingModels:
             f"{self.family.value}_tokenizer",
             (Tensor(TEXT, "object"),),
             (
-                Tensor(INPUT_IDS, "int64"),
+                Tensor(INPUT_IDS, self.ids_dtype),
                 Tensor(ATTENTION_MASK, "int64"),
                 Tensor(TOKEN_COUNT, "int32"),
             ),
@@ -181,12 +191,12 @@ class EmbeddingModels:
 DUAL_ENCODERS = (Family.CLIP, Family.GROUPVIT)
 
 
-def embedding_models(family: Family | str) -> EmbeddingModels:
+def embedding_models(family: Family | str, ids_dtype: str = "int64") -> EmbeddingModels:
     """Contract of a dual-encoder family by name (``"clip"``, ``"groupvit"``)."""
     family = Family(family)
     if family not in DUAL_ENCODERS:
         raise ValueError(f"{family.value} is not a dual-encoder family")
-    return EmbeddingModels(family)
+    return EmbeddingModels(family, ids_dtype)
 
 
 # BLIP raw-level tensors.

@@ -131,10 +131,12 @@ class GraphParams(SessionParams):
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerParams(FamilyParams, InputLimits):
-    """``<family>_tokenizer``: truncation (with special tokens) and the pad id."""
+    """``<family>_tokenizer``: truncation (with special tokens), the pad id, and the token
+    ids' element type (the text graph's: int32 in a TensorRT export)."""
 
     max_length: int
     pad_token_id: int
+    ids_dtype: str = "int64"
 
 
 @dataclass(frozen=True, kw_only=True)

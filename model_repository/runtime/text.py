@@ -40,18 +40,27 @@ def decode_texts(items: Sequence[object], max_bytes: int = 65_536) -> list[str]:
 class TextTokenizer:
     """A fast tokenizer truncating at ``max_length`` and padding with ``pad_id``."""
 
-    def __init__(self, tokenizer_file: Path | str, *, max_length: int, pad_id: int) -> None:
+    def __init__(
+        self,
+        tokenizer_file: Path | str,
+        *,
+        max_length: int,
+        pad_id: int,
+        ids_dtype: str = "int64",
+    ) -> None:
         self._tokenizer = Tokenizer.from_file(str(tokenizer_file))
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length)
         self.max_length = max_length
         self.pad_id = pad_id
+        self.ids_dtype = np.dtype(ids_dtype)
 
     def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and attention masks (int64) of ``texts``, padded to the longest."""
+        """Token ids (``ids_dtype``) and attention masks (int64) of ``texts``, padded to the
+        longest."""
         encodings = self._tokenizer.encode_batch(list(texts)) if texts else []
         length = max((len(e.ids) for e in encodings), default=1)
-        ids = np.full((len(texts), length), self.pad_id, dtype=np.int64)
+        ids = np.full((len(texts), length), self.pad_id, dtype=self.ids_dtype)
         mask = np.zeros((len(texts), length), dtype=np.int64)
         for row, encoding in enumerate(encodings):
             ids[row, : len(encoding.ids)] = encoding.ids

@@ -1,4 +1,5 @@
-"""Python-backend tokenizer: TEXT (BYTES, UTF-8) -> input_ids, attention_mask (int64).
+"""Python-backend tokenizer: TEXT (BYTES, UTF-8) -> input_ids (the text graph's type),
+attention_mask (int64).
 
 Parameters (runtime.params.TokenizerParams): truncation length and pad id. The texts of all
 requests of a batch are padded to one length, so the encoder downstream batches them.
@@ -28,6 +29,7 @@ class TritonPythonModel(BatchedModel[list[str]]):
             self.args.folder.tokenizer_file,
             max_length=params.max_length,
             pad_id=params.pad_token_id,
+            ids_dtype=params.ids_dtype,
         )
 
     def parse(self, request: Any) -> list[str]:

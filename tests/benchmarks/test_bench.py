@@ -16,6 +16,7 @@ from vlpserve.benchmarks import ALL_SCENARIOS, BenchOptions, run_bench
 from vlpserve.benchmarks.pinning import cpu_list
 from vlpserve.benchmarks.triton_stats import delta, parse_gpu_metrics
 from vlpserve.errors import ConfigError
+from vlpserve.export import hf
 from vlpserve.serve.supervisor import children, in_group
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -356,7 +357,7 @@ def test_engine_metrics_parsing() -> None:
 def test_blip_itm_baselines_equal_hugging_face(blip_checkpoints, blip_exports, photos) -> None:
     """Both ITM baselines run, and the ONNX Runtime one scores pairs as Hugging Face does."""
     import torch
-    from transformers import BlipForImageTextRetrieval, BlipProcessor
+    from transformers import BlipForImageTextRetrieval
 
     from vlpserve.benchmarks import baselines
 
@@ -366,7 +367,7 @@ def test_blip_itm_baselines_equal_hugging_face(blip_checkpoints, blip_exports, p
     assert set(rates) == {"hf_eager", "onnxruntime"}
     assert all(set(r) == {1, 2} and min(r.values()) > 0 for r in rates.values())
 
-    processor = BlipProcessor.from_pretrained(blip_checkpoints["itm"])
+    processor = hf.processor(blip_checkpoints["itm"])
     model = BlipForImageTextRetrieval.from_pretrained(blip_checkpoints["itm"]).eval()
     images = baselines.sample_images(photos, len(photos))
     texts = ["a cat", "a cup of coffee on a table", "an astronaut", "a rocket launch"]
@@ -381,7 +382,7 @@ def test_blip_itm_baselines_equal_hugging_face(blip_checkpoints, blip_exports, p
 
 def test_blip_vqa_ort_baseline_equals_hugging_face(blip_checkpoints, blip_exports, photos):
     import torch
-    from transformers import BlipForQuestionAnswering, BlipProcessor
+    from transformers import BlipForQuestionAnswering
 
     from vlpserve.benchmarks import baselines
     from vlpserve.benchmarks.scenarios import QUESTIONS
@@ -389,7 +390,7 @@ def test_blip_vqa_ort_baseline_equals_hugging_face(blip_checkpoints, blip_export
     export = blip_exports["vqa"]
     rates = baselines.blip_generate_ort(export, photos, max_new_tokens=4, batches=(2,))
     assert set(rates) == {2} and rates[2] > 0
-    processor = BlipProcessor.from_pretrained(blip_checkpoints["vqa"])
+    processor = hf.processor(blip_checkpoints["vqa"])
     model = BlipForQuestionAnswering.from_pretrained(blip_checkpoints["vqa"]).eval()
     images = baselines.sample_images(photos, len(photos))
     questions = [QUESTIONS[i % len(QUESTIONS)] for i in range(len(images))]
@@ -414,7 +415,7 @@ def test_groupvit_baselines_compute_hugging_face_segmentation(
     """The ONNX Runtime baseline does HF's work: its label maps at the model's input size
     are the argmax of HF's segmentation logits for the same pixels and labels."""
     import torch
-    from transformers import AutoProcessor, GroupViTModel
+    from transformers import GroupViTModel
 
     from vlpserve.benchmarks import baselines
     from vlpserve.benchmarks.scenarios import SEGMENT_LABELS
@@ -425,7 +426,7 @@ def test_groupvit_baselines_compute_hugging_face_segmentation(
     assert set(rates) == {"hf_eager", "onnxruntime"}
     assert all(set(r) == {1, 2} and min(r.values()) > 0 for r in rates.values())
 
-    processor = AutoProcessor.from_pretrained(groupvit_checkpoint)
+    processor = hf.processor(groupvit_checkpoint)
     model = GroupViTModel.from_pretrained(groupvit_checkpoint).eval()
     tokens = processor.tokenizer(list(SEGMENT_LABELS), padding=True, return_tensors="np")
     feeds = {k: v.astype("int64") for k, v in tokens.items()}
@@ -435,12 +436,12 @@ def test_groupvit_baselines_compute_hugging_face_segmentation(
     size = (pixels.shape[2], pixels.shape[3])
     ours = baselines.groupvit_ort_segmenter(groupvit_export, feeds)(pixels, [size] * len(pixels))
     with torch.no_grad():
-        hf = model(
+        theirs = model(
             **{k: torch.from_numpy(v) for k, v in feeds.items()},
             pixel_values=torch.from_numpy(pixels),
             output_segmentation=True,
         ).segmentation_logits.argmax(1)
-    for result, expected in zip(ours, hf.numpy(), strict=True):
+    for result, expected in zip(ours, theirs.numpy(), strict=True):
         assert (result.label_map == expected).mean() >= 0.999
 
 
@@ -451,7 +452,7 @@ def test_blip_caption_ort_baseline_equals_hugging_face(
     """The ONNX Runtime BLIP baseline (exported graphs and the server's engine, in process)
     generates Hugging Face's tokens, so its rate is of the same work."""
     import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import BlipForConditionalGeneration
 
     from vlpserve.benchmarks import baselines
     from vlpserve.model_repository.runtime.images import ImagePreprocessing
@@ -470,7 +471,7 @@ def test_blip_caption_ort_baseline_equals_hugging_face(
     finally:
         captioner.close()
     model = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
-    processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    processor = hf.processor(blip_checkpoints["caption"])
     images = baselines.sample_images(photos, len(photos))
     inputs = processor(images=images, return_tensors="pt")
     with torch.no_grad():

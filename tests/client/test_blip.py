@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from vlpserve.client import Client, InvalidInput
+from vlpserve.export.hf import processor as pil_processor
 
 ITM_ATOL = 1e-4  # served ITM and ITC scores against Hugging Face's
 QUESTIONS = ["what is this?", "how many cats are there?", "where is it?", "is it red?"]
@@ -30,7 +31,7 @@ def hf(blip_checkpoints):
         "itm": "BlipForImageTextRetrieval",
         "vqa": "BlipForQuestionAnswering",
     }
-    processor = transformers.BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    processor = pil_processor(blip_checkpoints["caption"])
     models = {
         kind: getattr(transformers, name).from_pretrained(blip_checkpoints[kind]).eval()
         for kind, name in classes.items()

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from vlpserve.client import Client
-from vlpserve.export import ExportOptions, export_blip
+from vlpserve.export import ExportOptions, export_blip, hf
 from vlpserve.export.checkpoints import Size, build_blip
 from vlpserve.model_repository import RepositoryOptions, build_repository
 from vlpserve.serve import TritonServer
@@ -34,11 +34,11 @@ def base(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize(("prompt", "beams"), [(None, 1), ("a picture of", 1), (None, 3)])
 def test_base_captions_equal_hugging_face(base, photos, prompt, beams) -> None:
     import torch
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import BlipForConditionalGeneration
 
     checkpoint, server = base
     model = BlipForConditionalGeneration.from_pretrained(checkpoint).eval()
-    processor = BlipProcessor.from_pretrained(checkpoint)
+    processor = hf.processor(checkpoint)
     chosen = {name: photos[name] for name in ("chelsea.png", "rocket.jpg")}
     with Client(server.grpc_url, timeout_s=300) as client:
         served = client.caption(

@@ -10,7 +10,7 @@ import pytest
 
 from vlpserve.contract import BLIP_GRAPHS
 from vlpserve.errors import ExportError
-from vlpserve.export import ExportOptions, export_blip
+from vlpserve.export import ExportOptions, export_blip, hf
 from vlpserve.export.blip import detect_kind
 from vlpserve.export.common import graph_io
 from vlpserve.model_repository.runtime.blip_common import BlipText
@@ -52,7 +52,7 @@ def test_int32_ids_generate_hugging_face_s_tokens(
 
     import torch
     from PIL import Image
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import BlipForConditionalGeneration
 
     from vlpserve.benchmarks.baselines import OrtGenerator
 
@@ -63,7 +63,7 @@ def test_int32_ids_generate_hugging_face_s_tokens(
         inputs, _ = graph_io(tmp_path / report.graphs[name].path)
         assert inputs[0] == {**inputs[0], "name": "input_ids", "dtype": "int32"}
     model = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
-    processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    processor = hf.processor(blip_checkpoints["caption"])
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in photos.values()]
     pixels = processor(images=images, return_tensors="np")["pixel_values"].astype(np.float32)
     generator = OrtGenerator(tmp_path, max_new_tokens=10)
@@ -78,9 +78,8 @@ def test_int32_ids_generate_hugging_face_s_tokens(
 
 
 def test_tokenizer_ids_equal_blip_processor(blip_exports, blip_checkpoints) -> None:
-    from transformers import BlipProcessor
 
-    processor = BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    processor = hf.processor(blip_checkpoints["caption"])
     ours = BlipText(blip_exports["caption"] / "tokenizer" / "tokenizer.json")
     texts = ["a picture of", "What is the man holding?", "naïve café, déjà-vu!", "", "[DEC] x"]
     for text in texts:

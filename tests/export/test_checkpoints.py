@@ -23,3 +23,12 @@ def test_slow_and_fast_agree(tmp_path: Path) -> None:
     texts = ["Hello, World!", "naïve café ☕ déjà-vu", "   spaced   out  ", "x" * 300]
     for text in texts:
         assert fast(text)["input_ids"] == slow(text)["input_ids"], text
+
+
+def test_blip_vocabulary_is_bert_s() -> None:
+    """BERT uncased WordPiece plus [DEC] and [ENC], with the public vocabulary's ids."""
+    from vlpserve.export.checkpoints import blip_tokenizer
+
+    tokenizer = blip_tokenizer()
+    assert len(tokenizer) == 30524 and tokenizer.bos_token_id == 30522
+    assert tokenizer("A picture of a cat")["input_ids"] == [101, 1037, 3861, 1997, 1037, 4937, 102]

@@ -160,11 +160,9 @@ def _overflowing(checkpoint: Path, out: Path) -> Path:
     with torch.no_grad():
         model.text_projection.weight.mul_(1e6)
     model.save_pretrained(out)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (checkpoint / name).is_file():
-            (out / name).write_bytes((checkpoint / name).read_bytes())
-    for name in ("vocab.json", "merges.txt", "preprocessor_config.json"):
-        (out / name).write_bytes((checkpoint / name).read_bytes())
+    for path in checkpoint.iterdir():  # tokenizer and processor files, whichever were saved
+        if not (out / path.name).exists():
+            (out / path.name).write_bytes(path.read_bytes())
     return out
 
 

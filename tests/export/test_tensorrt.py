@@ -100,3 +100,46 @@ def test_options(tmp_path: Path) -> None:
         ExportOptions(model="x", out=tmp_path, target="tensorrt", precision="int8")
     with pytest.raises(ValueError):
         ExportOptions(model="x", out=tmp_path, target="tflite")
+
+
+@pytest.mark.parametrize("family", ["clip", "groupvit"])
+def test_dual_encoders_for_tensorrt_take_int32_ids(
+    family: str, clip_checkpoint: Path, groupvit_checkpoint: Path, tmp_path: Path
+) -> None:
+    """CLIP's and GroupViT's text graphs take int32 token ids for TensorRT, as BLIP's do, and
+    pass the parity gate with them (the gate feeds the graph int32 ids)."""
+    checkpoint = clip_checkpoint if family == "clip" else groupvit_checkpoint
+    argv = ["export", family, "--model", str(checkpoint), "--out", str(tmp_path)]
+    assert main([*argv, "--target", "tensorrt"]) == 0
+    report = ExportReport.read(tmp_path)
+    assert report.ids_dtype == "int32"
+    text = report.graphs["text_encoder"]
+    assert text.worst_cosine >= 0.9999
+    assert {i["name"]: i["dtype"] for i in text.inputs} == {
+        "input_ids": "int32",
+        "attention_mask": "int64",
+    }
+    assert lint(tmp_path / text.path) == []
+
+
+@pytest.mark.served
+def test_int32_ids_are_served(clip_checkpoint: Path, reference, tmp_path: Path) -> None:
+    """A TensorRT export's repository: the tokenizer and the text model hand the graph int32
+    ids, the validator accepts it, and the served embeddings are Hugging Face's."""
+    import numpy as np
+
+    from vlpserve.client import Client
+    from vlpserve.model_repository import RepositoryOptions, build_repository
+    from vlpserve.model_repository.validate import validate_repository
+    from vlpserve.serve import TritonServer
+
+    export("clip", ExportOptions(model=str(clip_checkpoint), out=tmp_path / "x", target="tensorrt"))
+    repo = tmp_path / "repo"
+    build_repository(RepositoryOptions(export_dir=tmp_path / "x", out=repo, max_batch_size=4))
+    assert "clip" in validate_repository(repo).families
+    texts = ["a photo of a cat", "a rocket", "two dogs playing in the snow"]
+    with TritonServer(repo) as server, Client(server.grpc_url) as client:
+        served = client.embed_texts(texts)
+        tokens = client.infer("clip_tokenizer", {"TEXT": np.array([[t.encode()] for t in texts])})
+    assert tokens["input_ids"].dtype == np.int32
+    assert np.sum(served * reference.text_embeds(texts), axis=1).min() >= 0.9999

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlpserve.export import hf
 from vlpserve.model_repository.runtime.device_images import DeviceImages
 from vlpserve.model_repository.runtime.images import ImagePreprocessing
 
@@ -54,11 +55,10 @@ def test_clip_pixels_within_the_gate(clip_export: Path, photos, reference) -> No
 
 
 def test_blip_pixels_within_the_gate(blip_exports: dict[str, Path], photos) -> None:
-    from transformers import BlipImageProcessor
 
     folder = blip_exports["caption"] / "preprocessor"
     steps = ImagePreprocessing.from_file(folder / "preprocessor_config.json")
-    processor = BlipImageProcessor.from_pretrained(folder)
+    processor = hf.image_processor(folder)
     device = DeviceImages(steps)
     for name, image in _images(photos).items():
         ours = device(image).numpy()[0]
@@ -75,7 +75,9 @@ def test_clip_embeddings_within_the_gate(clip_export: Path, photos, reference) -
     images = list(_images(photos).values())
     ours = np.concatenate([device(image).numpy() for image in images])
     with torch.no_grad():
-        embeds = reference.model.get_image_features(pixel_values=torch.from_numpy(ours))
+        embeds = hf.features(
+            reference.model.get_image_features(pixel_values=torch.from_numpy(ours))
+        )
     ours_embeds = torch.nn.functional.normalize(embeds, dim=-1).numpy()
     theirs_embeds = reference.image_embeds(images)
     cosines = np.sum(ours_embeds * theirs_embeds, axis=1)
@@ -85,11 +87,11 @@ def test_clip_embeddings_within_the_gate(clip_export: Path, photos, reference) -
 def test_blip_embeddings_within_the_gate(blip_checkpoints, blip_exports, photos) -> None:
     """BLIP's vision encoder on device pixels against the processor's: [CLS] states."""
     import torch
-    from transformers import BlipForConditionalGeneration, BlipImageProcessor
+    from transformers import BlipForConditionalGeneration
 
     folder = blip_exports["caption"] / "preprocessor"
     device = DeviceImages(ImagePreprocessing.from_file(folder / "preprocessor_config.json"))
-    processor = BlipImageProcessor.from_pretrained(folder)
+    processor = hf.image_processor(folder)
     vision = BlipForConditionalGeneration.from_pretrained(blip_checkpoints["caption"]).eval()
     images = list(_images(photos).values())
     ours = torch.from_numpy(np.concatenate([device(image).numpy() for image in images]))
@@ -222,7 +224,7 @@ def test_served_clip_embeddings_within_the_gate(device_server, clip_export, phot
     pixels = torch.from_numpy(np.concatenate([device(image).numpy() for image in images]))
     with torch.no_grad():
         on_device = torch.nn.functional.normalize(
-            reference.model.get_image_features(pixel_values=pixels), dim=-1
+            hf.features(reference.model.get_image_features(pixel_values=pixels)), dim=-1
         ).numpy()
     np.testing.assert_allclose(served, on_device, atol=1e-5)
     cosines = np.sum(served * reference.image_embeds(images), axis=1)
@@ -264,7 +266,7 @@ def test_served_blip_equals_hugging_face_on_the_device_pixels(
         blip_checkpoints["caption"]
     ).eval()
     matcher = transformers.BlipForImageTextRetrieval.from_pretrained(blip_checkpoints["itm"])
-    processor = transformers.BlipProcessor.from_pretrained(blip_checkpoints["caption"])
+    processor = hf.processor(blip_checkpoints["caption"])
     texts = ["a cat", "a cup of coffee", "an astronaut", "a rocket"][: len(images)]
     with Client(device_server.grpc_url, family="blip", timeout_s=120) as client:
         captions = client.caption(list(photos.values()), max_new_tokens=12)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vlpserve.export import hf
 from vlpserve.model_repository.runtime.generation import (
     DecoderGraphs,
     Engine,
@@ -32,12 +33,10 @@ SETTINGS = [
 
 @pytest.fixture(scope="module")
 def caption_model(blip_checkpoints):
-    from transformers import BlipForConditionalGeneration, BlipProcessor
+    from transformers import BlipForConditionalGeneration
 
     path = blip_checkpoints["caption"]
-    return BlipForConditionalGeneration.from_pretrained(path).eval(), BlipProcessor.from_pretrained(
-        path
-    )
+    return BlipForConditionalGeneration.from_pretrained(path).eval(), hf.processor(path)
 
 
 def _graphs(export: Path, on_gpu: bool = False) -> DecoderGraphs:
