@@ -56,6 +56,7 @@ def test_pixels_equal_clip_image_processor(steps, variants, reference) -> None:
         np.testing.assert_allclose(ours, theirs, atol=1e-6, err_msg=name)
 
 
+@pytest.mark.served
 def test_served_preprocessor_equals_clip_image_processor(triton, variants, reference) -> None:
     import tritonclient.grpc as grpcclient
 
@@ -113,6 +114,7 @@ def test_texts_share_one_padded_length(clip_export: Path) -> None:
     assert mask[0].sum() == 3 and not ids[0, 3:].any()  # <start> hi <end>, then padding
 
 
+@pytest.mark.served
 def test_served_tokenizer_equals_hugging_face(triton, reference) -> None:
     import tritonclient.grpc as grpcclient
 
