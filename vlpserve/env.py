@@ -20,18 +20,24 @@ from vlpserve.ort import CPU, CUDA, TENSORRT
 
 PACKAGES = (
     "vlpserve",
-    "torch",
+    "numpy",
     "transformers",
+    "tritonclient",
+    "grpcio",
+    "torch",
+    "torchvision",
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",
     "tensorrt",
     "tensorrt-cu12",
-    "tritonclient",
     "nvidia-pytriton",
-    "numpy",
-    "grpcio",
+    "tokenizers",
+    "sentencepiece",
+    "protobuf",
 )
+# transformers releases `vlpserve export` supports ([export] in pyproject.toml).
+TRANSFORMERS_RANGE = ((4, 54), (6, 0))
 # The shared libraries each provider loads, in the order a missing one is worth naming.
 PROVIDER_LIBRARIES = {
     CUDA: (
@@ -68,6 +74,7 @@ class Environment:
     providers: list[Provider] = field(default_factory=list)
     tritonserver: str = ""
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # known-bad combinations installed
 
 
 def packages() -> dict[str, str]:
@@ -179,14 +186,61 @@ def tritonserver_version(binary: Path | None = None) -> str:
             return f"not available: {str(exc).splitlines()[0]}"
 
 
+def _release(text: str) -> tuple[int, int, int]:
+    """(major, minor, micro) of a version string: "5.0.0rc1" -> (5, 0, 0)."""
+    parts = [0, 0, 0]
+    for index, piece in enumerate(text.split(".")[:3]):
+        digits = ""
+        for char in piece:
+            if not char.isdigit():
+                break
+            digits += char
+        parts[index] = int(digits or 0)
+    return parts[0], parts[1], parts[2]
+
+
+def known_bad(found: dict[str, str]) -> list[str]:
+    """Installed combinations known not to work, each with what to do about it."""
+    bad = []
+    numpy = _release(found.get("numpy", "0"))
+    if "nvidia-pytriton" in found and numpy >= (2, 0):
+        bad.append(
+            f"numpy {found['numpy']} with nvidia-pytriton: the embedded tritonserver's Python "
+            "backend stub (pybind11 2.10) garbles every tensor under numpy 2 and aborts on "
+            "BYTES inputs; serve from an environment with `pip install 'numpy<2'` (the "
+            "client itself runs on numpy 2)"
+        )
+    if "transformers" in found:
+        low, high = TRANSFORMERS_RANGE
+        if not low <= _release(found["transformers"])[:2] < high:
+            bad.append(
+                f"transformers {found['transformers']}: vlpserve export supports "
+                f">={low[0]}.{low[1]},<{high[0]} (`pip install 'vlpserve[export]'`)"
+            )
+    sentencepiece = _release(found.get("sentencepiece", "0"))
+    if sentencepiece >= (0, 2, 3) and _release(found.get("protobuf", "0")) < (7, 0, 0):
+        bad.append(
+            f"sentencepiece {found['sentencepiece']} needs protobuf 7 (found "
+            f"{found['protobuf']}): `pip install 'sentencepiece<0.2.3'`"
+        )
+    if {"onnxruntime", "onnxruntime-gpu"} <= set(found):
+        bad.append(
+            "onnxruntime and onnxruntime-gpu are both installed and share one module: "
+            "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`"
+        )
+    return bad
+
+
 def collect(*, triton: bool = True) -> Environment:
     env = Environment(packages=packages(), cuda=cuda(), providers=providers())
     if triton:
         env.tritonserver = tritonserver_version()
-    if {"onnxruntime", "onnxruntime-gpu"} <= set(env.packages):
+    env.warnings = known_bad(env.packages)
+    if "torchvision" in env.packages and _release(env.packages.get("transformers", "0"))[0] >= 5:
         env.notes.append(
-            "onnxruntime and onnxruntime-gpu are both installed and share one module: "
-            "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu`"
+            "transformers 5 with torchvision: Hugging Face's image processors default to their "
+            "torchvision backend; vlpserve's pre-processing equals the PIL backend "
+            "(backend='pil'), benchmarks/RESULTS.md gives the distance"
         )
     return env
 
@@ -202,4 +256,5 @@ def render(env: Environment) -> str:
     if env.tritonserver:
         lines.append(f"tritonserver:        {env.tritonserver}")
     lines += [f"note: {note}" for note in env.notes]
+    lines += [f"warning: {warning}" for warning in env.warnings]
     return "\n".join(lines)
