@@ -140,6 +140,14 @@ class RepositoryOptions:
             raise ConfigError("max_queue_size and queue_timeout_ms must be >= 0")
 
 
+def transparent_to(report: ExportReport) -> str:
+    """How the processors of the transformers an export was made with turn transparency into
+    RGB: onto white from 5.x on, dropped before (runtime.params.InputLimits)."""
+    found = report.versions.get("transformers", "")
+    major = int(found.split(".")[0]) if found.split(".")[0].isdigit() else 5
+    return "white" if major >= 5 else "ignore"
+
+
 def tensor_configs(
     described: list[dict[str, Any]], *, batched: bool = True
 ) -> tuple[TensorConfig, ...]:
@@ -196,7 +204,10 @@ class _Renderer:
             max_queue_size=options.max_queue_size,
             queue_timeout_us=options.queue_timeout_ms * 1000,
         )
-        self.limits = dataclasses.asdict(options.limits)  # every raw model's input bounds
+        # Every raw model's input bounds, and transparency as the export's reference made it.
+        self.limits = dataclasses.asdict(options.limits) | {
+            "transparent_to": transparent_to(report)
+        }
         self.on_gpu = options.device is Device.GPU
         self.on_device = options.preprocess is Preprocess.DEVICE
         # Python models that run graphs on a GPU take their inputs where they are.

@@ -115,12 +115,21 @@ class ImagePreprocessing:
                 f"image is {image.width}x{image.height}; both sides must be at least "
                 f"{limits.min_image_side} pixels",
             )
-        if image.mode != "RGB":
-            try:
-                image = image.convert("RGB")
-            except Exception as exc:  # a mode PIL cannot turn into RGB
-                raise InputItemError(index, f"cannot convert a {image.mode} image to RGB") from exc
-        return image
+        try:
+            return self.to_rgb(image)
+        except Exception as exc:  # a mode PIL cannot turn into RGB
+            raise InputItemError(index, f"cannot convert a {image.mode} image to RGB") from exc
+
+    def to_rgb(self, image: Image.Image) -> Image.Image:
+        """The image in RGB as the reference processor makes it: transparency (an alpha band,
+        or a palette's or an RGB image's transparent colour) composited onto white, as
+        transformers 5 does, or dropped (``transparent_to="ignore"``), as 4.x did."""
+        transparent = "A" in image.getbands() or image.info.get("transparency") is not None
+        if transparent and self.limits.transparent_to == "white":
+            rgba = image.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            return Image.alpha_composite(white, rgba).convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")
 
     def _check_size(self, image: Image.Image, index: int) -> None:
         """The image, and the image resized for the model (an extreme aspect ratio grows

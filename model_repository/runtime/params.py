@@ -70,6 +70,9 @@ class ModelParams:
             raise ValueError(f"{model}: config.pbtxt lacks a parameter: {exc}") from exc
 
 
+TRANSPARENT_TO = ("white", "ignore")
+
+
 @dataclass(frozen=True, kw_only=True)
 class InputLimits(ModelParams):
     """Bounds on what one request item may be, checked before any expensive work: an
@@ -80,12 +83,18 @@ class InputLimits(ModelParams):
     max_image_pixels: int = 40_000_000
     min_image_side: int = 8  # a 1x1 or 2x2 "image" is a mistake, not a photo
     max_text_bytes: int = 65_536  # longer texts are mistakes: they are truncated anyway
+    # What transparent pixels become in RGB: "white", composited onto white as transformers
+    # 5's image processors do; "ignore", the alpha dropped and the colour beneath kept, as
+    # 4.x's did. repo build takes the convention of the transformers the export was made with.
+    transparent_to: str = "white"
 
     def __post_init__(self) -> None:
         if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side) < 1:
             raise ValueError("image limits must be >= 1")
         if self.max_text_bytes < 1:
             raise ValueError("max_text_bytes must be >= 1")
+        if self.transparent_to not in TRANSPARENT_TO:
+            raise ValueError(f"transparent_to is one of {TRANSPARENT_TO}")
 
     @property
     def limits(self) -> InputLimits:

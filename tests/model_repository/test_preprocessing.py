@@ -132,3 +132,32 @@ def test_decode_texts_rejects_bad_utf8() -> None:
     assert decode_texts([b"ok", "str"]) == ["ok", "str"]
     with pytest.raises(InputItemError, match=r"item 1: text is not valid UTF-8 \(byte 0xff at 2\)"):
         decode_texts([b"fine", b"ab\xff"])
+
+
+def test_transparency_as_the_reference_makes_it(clip_export: Path, photos, reference) -> None:
+    """Transparent pixels: onto white under transformers 5, dropped under 4.x; the repository
+    takes the convention of the transformers its export was made with."""
+    from vlpserve.export import ExportReport
+    from vlpserve.export.hf import transformers_major
+    from vlpserve.model_repository.builder import transparent_to
+    from vlpserve.model_repository.runtime.params import InputLimits
+
+    cat = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGBA")
+    alpha = np.zeros(cat.size[::-1], dtype=np.uint8)
+    alpha[:, : cat.width // 2] = 255  # the right half transparent
+    cat.putalpha(Image.fromarray(alpha))
+    images = {
+        "rgba.png": _encode(cat, "PNG"),
+        "la.png": _encode(cat.convert("LA"), "PNG"),
+        "palette-alpha.png": _encode(cat.convert("P"), "PNG", transparency=0),
+    }
+    convention = transparent_to(ExportReport.read(clip_export))
+    assert convention == ("white" if transformers_major() >= 5 else "ignore")
+    config = clip_export / "preprocessor" / "preprocessor_config.json"
+    ours = ImagePreprocessing.from_file(config, limits=InputLimits(transparent_to=convention))
+    other = "ignore" if convention == "white" else "white"
+    theirs_not = ImagePreprocessing.from_file(config, limits=InputLimits(transparent_to=other))
+    for name, data in images.items():
+        theirs = reference.processor(images=Image.open(io.BytesIO(data)), return_tensors="np")
+        np.testing.assert_allclose(ours.preprocess(data, 0), theirs["pixel_values"][0], atol=1e-6)
+        assert not np.allclose(theirs_not.preprocess(data, 0), theirs["pixel_values"][0]), name
