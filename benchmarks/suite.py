@@ -79,7 +79,8 @@ class BenchOptions:
     workdir: Path = Path("build/bench")
     out: Path = Path("build/bench/report")
     size: Size = Size.BASE
-    device: str | None = None  # embedded deployment: "cpu" or "gpu"; default: gpu if CUDA
+    # Embedded deployment: "cpu" or "gpu"; default: gpu where ONNX Runtime's CUDA provider works.
+    device: str | None = None
     baselines: bool = True
     precision: Precision = Precision.FP32  # of the graphs the embedded deployment exports
     # The embedded deployment's graph instances and their ONNX Runtime threads (repo build's
@@ -514,17 +515,14 @@ def graph_accuracy(deployed: dict[str, tuple[str, Path]]) -> dict[str, dict[str,
     return out
 
 
-def cuda_available() -> bool:
-    """Whether PyTorch sees a CUDA GPU here."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def _default_device() -> str:
-    return "gpu" if cuda_available() else "cpu"
+    """Where the embedded deployment's graphs run by default: the GPU where ONNX Runtime,
+    which runs them, can use one (its CUDA provider tried on a tiny graph), else the CPU.
+    PyTorch seeing a GPU is not enough: a CPU build of ONNX Runtime would serve on the CPU."""
+    from vlpserve.env import providers
+    from vlpserve.ort import CUDA
+
+    return "gpu" if any(p.works for p in providers() if p.name == CUDA) else "cpu"
 
 
 def _encoder_threads(options: BenchOptions) -> int:

@@ -264,9 +264,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_gpu_check(args: argparse.Namespace) -> int:
-    from vlpserve.benchmarks.gpu_check import options, run_gpu_check
+    from vlpserve.benchmarks.gpu_check import hardware, options, run_gpu_check
     from vlpserve.progress import progress
 
+    found = hardware()
     bench = options(
         Path(args.out),
         size=args.size,
@@ -275,11 +276,12 @@ def cmd_gpu_check(args: argparse.Namespace) -> int:
         duration_s=args.duration,
         budget_s=args.budget,
         command="vlpserve " + " ".join(sys.argv[1:]),
+        found=found,
     )
     with progress("gpu-check") as step:
-        found = run_gpu_check(bench, step)
-    print(Path(found["files"]["markdown"]).read_text())
-    print(f"report: {found['files']['json']}")
+        done = run_gpu_check(bench, step, found)
+    print(Path(done["files"]["markdown"]).read_text())
+    print(f"report: {done['files']['json']}")
     return 0
 
 

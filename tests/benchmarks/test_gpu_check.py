@@ -61,3 +61,37 @@ def test_targets_from_known_reports() -> None:
     rows = targets(report)
     assert [r["met"] for r in rows] == [None, True, None]
     assert rows[0]["measured"] is None and rows[2]["measured"] is None
+
+
+def test_a_gpu_that_onnx_runtime_cannot_use_is_not_measured(tmp_path: Path) -> None:
+    """PyTorch sees a GPU, ONNX Runtime is a CPU build (the lent GPU machines' image): the
+    served graphs would run on the CPU, so nothing is run and every target says why."""
+    from vlpserve.benchmarks.gpu_check import Hardware, options, run_gpu_check
+
+    found = Hardware(
+        gpu="NVIDIA H100 80GB HBM3",
+        onnxruntime_cuda=False,
+        why_not="not in this ONNX Runtime build (needs onnxruntime-gpu)",
+    )
+    bench = options(tmp_path / "check", found=found)
+    assert (bench.device, bench.precision, bench.preprocess) == ("cpu", "fp32", "host")
+    done = run_gpu_check(bench, found=found)
+    assert all(row["measured"] is None and row["met"] is None for row in done["targets"])
+    assert all("needs onnxruntime-gpu" in row["why_not"] for row in done["targets"])
+    text = (tmp_path / "check" / "gpu_check.md").read_text()
+    assert "not measured: the served graphs would run on the CPU, not the NVIDIA H100" in text
+    assert not (tmp_path / "check" / "bench.json").exists()  # nothing was served
+    summary = json.loads((tmp_path / "check" / "gpu_check.json").read_text())
+    assert summary["hardware"]["onnxruntime_cuda"] is False and summary["versions"]
+
+
+def test_the_served_device_follows_onnx_runtime() -> None:
+    from vlpserve.benchmarks.gpu_check import Hardware, hardware, options
+
+    on_gpu = options(Path("x"), found=Hardware(gpu="NVIDIA H100", onnxruntime_cuda=True))
+    assert (on_gpu.device, on_gpu.precision, on_gpu.preprocess) == ("gpu", "fp16", "device")
+    here = hardware()  # this machine: no GPU, and ONNX Runtime's CUDA provider says why not
+    if here.gpu is None:
+        assert not here.unmeasurable and options(Path("x"), found=here).device == "cpu"
+    if not here.onnxruntime_cuda:
+        assert here.why_not
