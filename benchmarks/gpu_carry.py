@@ -12,7 +12,8 @@ and no tritonserver. The check needs, besides the repository itself:
   without it the served graphs would run on the CPU, and gpu-check says so and measures
   nothing.
 
-``prepare`` (here) downloads them for the machine's Python, installs them into one folder
+Both steps run as a file, ``python3 benchmarks/gpu_carry.py prepare|device``: it imports
+nothing but the standard library. ``prepare`` (here) downloads them for the machine's Python, installs them into one folder
 (``pip install --target``), packs that folder as one xz tarball (its contents compress far
 better than the wheels: 329 MB of wheels become about 255 MB) and cuts it into parts that fit
 a call beside the working tree. It prints the calls: each carries one part, and runs
@@ -155,7 +156,8 @@ class Joined(io.RawIOBase):
 
 def calls(manifest: dict[str, object], device_args: str = "") -> list[dict[str, object]]:
     """The device tool calls, back to back on one warm machine: each carries a part."""
-    command = f"python3 -m vlpserve.benchmarks.gpu_carry device {device_args}".strip()
+    # Run as a file: the package's __init__ imports tritonclient, which is not there yet.
+    command = f"python3 benchmarks/gpu_carry.py device {device_args}".strip()
     return [
         {"carry": [str(FOLDER / MANIFEST), str(FOLDER / str(part))], "command": command}
         for part in manifest["parts"]  # type: ignore[attr-defined]
@@ -186,6 +188,21 @@ def unpack(folder: Path, site: Path) -> str:
     return ""
 
 
+def first_on_path(*folders: Path) -> Path:
+    """Put ``folders`` first on this interpreter's import path, for every process it starts
+    (a .pth line in its site-packages). PYTHONPATH is not enough: the Python backend's stub
+    does not read it (seen here: "No module named 'tritonclient'" with it set), and a venv
+    on top of the image's own venv would not see the image's packages. The site folder's
+    numpy 1.26 then comes before the image's numpy 2."""
+    import site as sitemodule
+
+    purelib = Path(sitemodule.getsitepackages()[0])
+    line = f"import sys; sys.path[0:0] = {[str(f) for f in folders]!r}\n"
+    pth = purelib / "00-vlpserve-gpu-carry.pth"
+    pth.write_text(line)
+    return pth
+
+
 def device(folder: Path, site: Path, check_args: list[str]) -> int:
     """One call on the lent machine: report the parts; with all of them, run the check."""
     missing = unpack(folder, site)
@@ -193,8 +210,8 @@ def device(folder: Path, site: Path, check_args: list[str]) -> int:
         print(f"gpu-carry: {missing}; carry the next part")
         return 0
     out = Path(os.environ.get("OUT", "build/gpu-check-out")) / "gpu-check"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(site), str(ROOT)]))
-    env["PYTHONUNBUFFERED"] = "1"
+    first_on_path(site, ROOT)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
     probe = "import numpy, onnxruntime; print('numpy', numpy.__version__, 'onnxruntime', "
     probe += "onnxruntime.__version__, onnxruntime.get_available_providers())"
     subprocess.run([sys.executable, "-c", probe], env=env, check=False)
@@ -203,7 +220,7 @@ def device(folder: Path, site: Path, check_args: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vlpserve.benchmarks.gpu_carry")
+    parser = argparse.ArgumentParser(prog="python3 benchmarks/gpu_carry.py")
     sub = parser.add_subparsers(dest="step", required=True)
     here = sub.add_parser("prepare", help="here: download, pack and cut what must travel")
     here.add_argument("--python-version", default="3.12", help="the lent machine's Python")

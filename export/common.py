@@ -395,13 +395,20 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries an export depends on, for the report."""
     from importlib.metadata import PackageNotFoundError, version
 
-    names = ("torch", "transformers", "onnx", "onnxruntime", "numpy")
+    names = ("torch", "transformers", "onnx", "onnxruntime", "onnxruntime-gpu", "numpy")
     found = {"python": platform.python_version(), "vlpserve": __version__}
     for name in names:
         try:
             found[name] = version(name)
         except PackageNotFoundError:
             continue
+    # The modules imported, where two distributions install one (onnxruntime and -gpu) or a
+    # folder put first on the path shadows the environment's (benchmarks/gpu_carry.py).
+    import numpy
+    import onnxruntime
+
+    found["numpy"] = numpy.__version__
+    found["onnxruntime"] = onnxruntime.__version__
     return found
 
 
