@@ -94,7 +94,7 @@ def sha256(paths: list[Path]) -> str:
 
 def prepare(python_version: str, out: Path, part_mib: float | None = None) -> dict[str, object]:
     """Download, install into one folder, pack, cut; returns (and writes) the manifest."""
-    wheels, site = out / "wheels", out / "site"
+    wheels, site = out / f"wheels-{python_version}", out / "site"
     wheels.mkdir(parents=True, exist_ok=True)
     pip = [sys.executable, "-m", "pip"]
     foreign = _foreign(python_version)
