@@ -13,9 +13,10 @@ and no tritonserver. The check needs, besides the repository itself:
   nothing.
 
 Both steps run as a file, ``python3 benchmarks/gpu_carry.py prepare|device``: it imports
-nothing but the standard library. ``prepare`` (here) downloads them for the machine's Python, installs them into one folder
-(``pip install --target``), packs that folder as one xz tarball (its contents compress far
-better than the wheels: 329 MB of wheels become about 255 MB) and cuts it into parts that fit
+nothing but the standard library. ``prepare`` (here) downloads them for the machine's
+Python, installs them into one folder (``pip install --target``), packs that folder as one
+xz tarball (its contents compress far better than the wheels: 329 MB of wheels become
+251 MB) and cuts it into parts that fit
 a call beside the working tree. It prints the calls: each carries one part, and runs
 ``device``, which keeps the part (build/ outputs stay on a warm machine) and, once every part
 is there, joins and checks them, unpacks the folder and runs ``vlpserve gpu-check`` with it

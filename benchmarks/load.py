@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from vlpserve.benchmarks.scenarios import Scenario
-from vlpserve.benchmarks.soak import status_of
+from vlpserve.benchmarks.soak import stalls, status_of
 
 Send = Callable[[int], Awaitable[int]]
 
@@ -50,12 +50,18 @@ class Point:
 
 
 def summarize(latencies_s: list[float]) -> dict[str, float]:
-    """p50/p90/p95/p99/max/mean latency in milliseconds."""
+    """p50/p90/p95/p99/p99.9/max/mean latency in milliseconds, and the stalls (requests
+    slower than STALL_FACTOR x p50)."""
     if not latencies_s:
         return {}
     ms = np.array(latencies_s) * 1000
     out = {f"p{q}": float(np.percentile(ms, q)) for q in (50, 90, 95, 99)}
-    return out | {"max": float(ms.max()), "mean": float(ms.mean())}
+    out["p99.9"] = float(np.percentile(ms, 99.9))
+    return out | {
+        "max": float(ms.max()),
+        "mean": float(ms.mean()),
+        "stalls": float(stalls(ms, out["p50"])),
+    }
 
 
 def sender(client: Any, scenario: Scenario, *, timeout_s: float) -> Send:

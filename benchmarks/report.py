@@ -58,9 +58,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"size {report['settings']['size']}; precision {report['settings'].get('precision')}; "
         f"command: `{report['settings']['command']}`{_pinning(report['settings'])}",
         "",
-        "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | max ms "
-        "| errors |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | p99.9 ms "
+        "| max ms | stalls | errors |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, result in report["scenarios"].items():
         for p in result["points"]:
@@ -68,7 +68,8 @@ def markdown(report: dict[str, Any]) -> str:
             if short_window(p):
                 load += " (short window)"
             lat = p["latency_ms"]
-            cells = [f"{lat.get(k, 0):.1f}" for k in ("p50", "p90", "p95", "p99", "max")]
+            keys = ("p50", "p90", "p95", "p99", "p99.9", "max")
+            cells = [f"{lat.get(k, 0):.1f}" for k in keys] + [f"{lat.get('stalls', 0):.0f}"]
             failed = {k: v for k, v in p.get("statuses", {}).items() if k != "OK"}
             errors = f"{p['errors']}" + (
                 " (" + ", ".join(f"{k} {v}" for k, v in sorted(failed.items())) + ")"

@@ -57,8 +57,9 @@ def test_smoke_every_scenario(triton, front_door, tmp_path: Path) -> None:
         for point in result["points"]:
             assert point["requests"] > 0 and point["errors"] == 0, (name, point)
             assert point["items_per_s"] > 0
-            assert set(point["latency_ms"]) == {"p50", "p90", "p95", "p99", "max", "mean"}
-            assert point["latency_ms"]["p50"] <= point["latency_ms"]["max"]
+            latency = point["latency_ms"]
+            assert set(latency) == {"p50", "p90", "p95", "p99", "p99.9", "max", "mean", "stalls"}
+            assert latency["p50"] <= latency["p99"] <= latency["p99.9"] <= latency["max"]
             stats = point["triton"]
             assert stats, name  # Triton's breakdown of the models behind the scenario
             assert any(s["executions"] > 0 and s["compute_infer_ms"] > 0 for s in stats.values())
@@ -501,6 +502,8 @@ def test_soak_report(triton, tmp_path: Path) -> None:
     assert set(report["per_scenario"]) == grpc_only - {"clip_image_tensor"}
     assert len(report["windows"]) >= 4
     assert all(w["requests"] > 0 and w["p99_ms"] >= w["p50_ms"] > 0 for w in report["windows"])
+    assert all(w["max_ms"] >= w["p99_9_ms"] >= w["p99_ms"] for w in report["windows"])
+    assert all(isinstance(w["stalls"], int) for w in report["windows"])
     memory = report["memory_bytes"]
     assert "tritonserver" in memory and "clip_text" in memory and "total" in memory
     assert all(len(series) >= 4 for series in memory.values())
@@ -513,3 +516,11 @@ def test_soak_report(triton, tmp_path: Path) -> None:
     assert "| window (from s) |" in markdown and "tritonserver" in markdown
     assert (tmp_path / "soak.png").read_bytes().startswith(PNG)
     assert json.loads((tmp_path / "soak.json").read_text())["requests"] == report["requests"]
+
+
+def test_stalls_are_requests_beyond_ten_medians() -> None:
+    from vlpserve.benchmarks.load import summarize
+
+    found = summarize([0.002] * 995 + [0.0205, 0.5, 0.51, 0.49, 0.003])
+    assert found["p50"] == pytest.approx(2.0) and found["stalls"] == 4.0  # 20.5, 490-510 ms
+    assert found["max"] == pytest.approx(510.0) and found["p99.9"] > found["p99"]
