@@ -81,10 +81,19 @@ class TensorConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class Batching:
-    """Dynamic batching settings, with the queue's policy: at most ``max_queue_size``
-    requests wait (0: no bound), beyond which a request is refused at once; one that waits
-    longer than its timeout (``queue_timeout_us``, or the caller's own deadline, which
-    overrides it) is dropped without being computed."""
+    """Dynamic batching settings, and the queue's policy when one is asked for: at most
+    ``max_queue_size`` requests wait, beyond which a request is refused at once; one that
+    waits longer than its timeout (``queue_timeout_us``, or the caller's own deadline, which
+    overrides it) is dropped without being computed.
+
+    Without either (the default) the config has no queue policy, and that is what keeps
+    Triton's batcher off the path that stalls: with any policy (a bound, a timeout, or timeout
+    overrides) tritonserver's queue does not support prefetching, and the batcher then waits
+    for an idle instance by the count of instances waiting for work, which a finishing
+    instance updates only after its responses have gone out. A request sent in that window
+    wakes nobody, and the batcher sleeps its default 500 ms (benchmarks/RESULTS.md, issue 22:
+    1-4% of batch-1 requests). A caller that gives up still costs nothing: gRPC cancels its
+    call, and the batcher drops cancelled requests from its queue."""
 
     max_queue_delay_us: int = 1000
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -182,11 +191,12 @@ class ModelConfig:
             batching = msg.dynamic_batching
             batching.max_queue_delay_microseconds = self.batching.max_queue_delay_us
             batching.preferred_batch_size.extend(self.batching.preferred_batch_sizes)
-            policy = batching.default_queue_policy
-            policy.timeout_action = pb.ModelQueuePolicy.REJECT
-            policy.allow_timeout_override = True
-            policy.max_queue_size = self.batching.max_queue_size
-            policy.default_timeout_microseconds = self.batching.queue_timeout_us
+            if self.batching.max_queue_size or self.batching.queue_timeout_us:
+                policy = batching.default_queue_policy
+                policy.timeout_action = pb.ModelQueuePolicy.REJECT
+                policy.allow_timeout_override = True
+                policy.max_queue_size = self.batching.max_queue_size
+                policy.default_timeout_microseconds = self.batching.queue_timeout_us
         for accel in self.gpu_accelerators:
             item = msg.optimization.execution_accelerators.gpu_execution_accelerator.add(
                 name=accel.name

@@ -373,14 +373,16 @@ def parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--max-queue-size",
         type=int,
-        default=256,
-        help="requests waiting per model before new ones are refused (0: no bound)",
+        default=0,
+        help="requests waiting per model before new ones are refused (default 0: no bound; "
+        "a bound lets some requests stall 500 ms in tritonserver 2.51, README Limits)",
     )
     build.add_argument(
         "--queue-timeout-ms",
         type=int,
         default=0,
-        help="drop requests waiting longer (0: only the caller's own deadline)",
+        help="drop requests waiting longer (default 0: only the caller's own deadline, which "
+        "cancels its call); also a queue policy, with the bound's 500 ms stalls",
     )
     build.add_argument("--max-image-bytes", type=int, default=20 * 2**20, help="per image")
     build.add_argument(

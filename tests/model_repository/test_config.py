@@ -361,3 +361,17 @@ def test_encoder_instances_and_threads(clip_export: Path, tmp_path: Path) -> Non
     assert preprocessor.instance_group[0].count == 1
     with pytest.raises(ConfigError, match="encoder_threads"):
         RepositoryOptions(export_dir=clip_export, out=tmp_path, encoder_threads=-1)
+
+
+def test_no_queue_policy_unless_asked_for(python_repo: Path) -> None:
+    """Batched models get no queue policy by default: with one, tritonserver's batcher leaves
+    its prefetching path and can sleep 500 ms with a request waiting (tests/serve/test_tail)."""
+    batched = [read_config(p) for p in python_repo.glob("*/config.pbtxt")]
+    batched = [c for c in batched if c.HasField("dynamic_batching")]
+    assert batched and not any(c.dynamic_batching.HasField("default_queue_policy") for c in batched)
+    config = Batching(max_queue_size=8)
+    message = ModelConfig(
+        name="m", backend="python", max_batch_size=4, inputs=(), outputs=(), batching=config
+    ).to_proto()
+    assert message.dynamic_batching.default_queue_policy.max_queue_size == 8
+    assert message.dynamic_batching.default_queue_policy.allow_timeout_override
