@@ -92,7 +92,7 @@ def closed_loop(
     stop = time.perf_counter() + seconds
 
     def run() -> None:
-        found = []
+        found: list[float] = []
         with Client(url, family=family, timeout_s=120, retries=0) as client:
             while (
                 (len(found) < requests // concurrency) if requests else (time.perf_counter() < stop)
