@@ -134,9 +134,7 @@ def _with_input_work(
 
     folder = ExportFolder(export_dir)
     report = ExportReport.read(export_dir)
-    tokenizer = TextTokenizer(
-        folder.tokenizer_file, max_length=report.max_text_length, pad_id=report.pad_token_id
-    )
+    tokenizer = TextTokenizer.of(folder.tokenizer, **report.tokenizer_options())
     steps = ImagePreprocessing.from_file(folder.preprocessor_file)
     jpegs = jpeg_photos(photos)
     pool = ThreadPoolExecutor(max_workers=usable_cpus())

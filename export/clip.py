@@ -71,8 +71,9 @@ def _towers() -> tuple[type, type]:
     return TextTower, ImageTower
 
 
-def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
-    """Model (eager attention, eval), fast tokenizer and image processor of a checkpoint."""
+def load_reference(model: str, model_class: Any, *, fast_only: bool = True) -> tuple[Any, Any, Any]:
+    """Model (eager attention, eval), tokenizer (a fast one unless ``fast_only`` is off:
+    SigLIP's is SentencePiece) and image processor of a checkpoint."""
     from transformers import AutoTokenizer
 
     family = model_class.__name__.removesuffix("Model")
@@ -82,7 +83,7 @@ def load_reference(model: str, model_class: Any) -> tuple[Any, Any, Any]:
         processor = image_processor(model)
     except (OSError, ValueError) as exc:
         raise ExportError(f"cannot load {family} checkpoint {model!r}: {exc}") from exc
-    if not getattr(tokenizer, "is_fast", False):
+    if fast_only and not getattr(tokenizer, "is_fast", False):
         raise ExportError(f"{model!r} has no fast tokenizer (tokenizer.json), which serving needs")
     return loaded, tokenizer, processor
 

@@ -47,9 +47,11 @@ class GraphReport:
 class ExportReport:
     """Everything later steps need to know about an export, and its provenance.
 
-    Dual encoders (CLIP, GroupViT) set ``logit_scale`` and ``embedding_dim``; BLIP sets
-    ``kind``, ``bos_token_id``, ``sep_token_id`` and ``num_layers``. ``ids_dtype`` is the
-    text graphs' token id type (int32 for TensorRT exports).
+    Dual encoders (CLIP, GroupViT, SigLIP) set ``logit_scale`` and ``embedding_dim``
+    (SigLIP also ``logit_bias``); BLIP sets ``kind``, ``bos_token_id``, ``sep_token_id`` and
+    ``num_layers``. ``ids_dtype`` is the text graphs' token id type (int32 for TensorRT
+    exports); ``text_padding`` how texts are padded: "longest" of a batch, or "max_length"
+    (``max_text_length`` tokens, SigLIP's), on ``padding_side``.
     """
 
     family: str
@@ -67,9 +69,22 @@ class ExportReport:
     embedding_dim: int | None = None
     kind: str | None = None
     ids_dtype: str = "int64"
+    logit_bias: float | None = None
+    text_padding: str = "longest"
+    padding_side: str = "right"
     bos_token_id: int | None = None
     sep_token_id: int | None = None
     num_layers: int | None = None
+
+    def tokenizer_options(self) -> dict[str, Any]:
+        """How the served tokenizer (runtime.text.TextTokenizer) must run for this export."""
+        return {
+            "max_length": self.max_text_length,
+            "pad_id": self.pad_token_id,
+            "ids_dtype": self.ids_dtype,
+            "pad_to": self.max_text_length if self.text_padding == "max_length" else 0,
+            "padding_side": self.padding_side,
+        }
 
     def required(self, name: str) -> Any:
         """A family-specific field, or ConfigError naming what the export lacks."""

@@ -235,9 +235,9 @@ class _Renderer:
         folder.model_file.write_text(SHIM.format(module=f"{RUNTIME_MODULE}.{module}"))
 
     def copy_tokenizer(self, folder: ModelFolder) -> None:
-        if not self.export.tokenizer_file.is_file():
+        if not self.export.has_tokenizer:
             raise RepositoryError(
-                f"{self.export.tokenizer_file} is missing: a fast tokenizer is needed"
+                f"{self.export.tokenizer} holds no tokenizer.json (nor SigLIP's spiece.model)"
             )
         shutil.copytree(self.export.tokenizer, folder.tokenizer)
 
@@ -281,7 +281,11 @@ class _Builder(_Renderer):
     def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
         super().__init__(options, report)
         self.models: EmbeddingModels = embedding_models(report.family, report.ids_dtype)
-        self.family = FamilyParams(logit_scale=float(report.required("logit_scale")))
+        bias = report.logit_bias
+        self.family = FamilyParams(
+            logit_scale=float(report.required("logit_scale")),
+            logit_bias=None if bias is None else float(bias),
+        )
         if self.on_device and self.models.family is Family.GROUPVIT:
             # GroupViT's hard grouping flips on sub-level pixel differences: on the test
             # model, device pixels moved its image embeddings to cosine 0.907-0.999.
@@ -319,7 +323,7 @@ class _Builder(_Renderer):
                     **profile,
                 }
             params = GraphParams(
-                logit_scale=self.family.logit_scale,
+                **dataclasses.asdict(self.family),
                 pad_values=pads,
                 tensorrt=tensorrt,
                 intra_op_threads=self.options.encoder_threads,
@@ -373,11 +377,14 @@ class _Builder(_Renderer):
         return tuple(dataclasses.replace(t, ragged=t.name in pads) for t in inputs), pads
 
     def tokenizer_params(self) -> TokenizerParams:
+        options = self.report.tokenizer_options()
         return TokenizerParams(
-            logit_scale=self.family.logit_scale,
-            max_length=self.report.max_text_length,
-            pad_token_id=self.report.pad_token_id,
-            ids_dtype=self.report.ids_dtype,
+            **dataclasses.asdict(self.family),
+            max_length=options["max_length"],
+            pad_token_id=options["pad_id"],
+            ids_dtype=options["ids_dtype"],
+            pad_to=options["pad_to"],
+            padding_side=options["padding_side"],
             **self.limits,
         )
 
@@ -407,7 +414,7 @@ class _Builder(_Renderer):
         self.python_model(folder, "image_preprocessor_model")
         pixel_values = next(t for t in image_encoder.inputs if t.name == PIXEL_VALUES)
         params = ImageParams(
-            logit_scale=self.family.logit_scale, on_device=self.on_device, **self.limits
+            **dataclasses.asdict(self.family), on_device=self.on_device, **self.limits
         )
         # Pre-processing on the device: the instances go where the encoders are.
         on_gpu = self.on_device and self.on_gpu
@@ -488,7 +495,7 @@ class _Builder(_Renderer):
         self.python_model(folder, "segment_model")
         dims = {LABEL_MAP: (-1, -1), SCORES: (-1,), FRACTIONS: (-1,)}
         params = SegmentParams(
-            logit_scale=self.family.logit_scale,
+            **dataclasses.asdict(self.family),
             text_model=self.models.text.name,
             image_model=self.models.image_encoder.name,
             encoder_max_batch_size=self.options.max_batch_size,

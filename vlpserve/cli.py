@@ -17,7 +17,7 @@ from vlpserve import __version__
 from vlpserve.contract import Family
 from vlpserve.errors import VlpserveError
 
-EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP)
+EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP, Family.SIGLIP)
 
 
 def gpu_ids(text: str) -> tuple[int, ...]:

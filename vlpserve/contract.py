@@ -23,6 +23,7 @@ class Family(StrEnum):
     CLIP = "clip"
     GROUPVIT = "groupvit"
     BLIP = "blip"
+    SIGLIP = "siglip"  # SigLIP and SigLIP 2 (FixRes checkpoints: the same architecture)
 
 
 # Tensor names shared by every family.
@@ -73,6 +74,8 @@ def cache_names(layers: int) -> tuple[list[str], list[str]]:
 
 # Model-config parameter carrying exp(logit_scale), the temperature of zero-shot classification.
 PARAM_LOGIT_SCALE = "logit_scale"
+# ... and SigLIP's logit_bias: its probabilities are sigmoid(logit_scale * cos + logit_bias).
+PARAM_LOGIT_BIAS = "logit_bias"
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ class EmbeddingModels:
         return models + ((self.segment,) if self.family is Family.GROUPVIT else ())
 
 
-DUAL_ENCODERS = (Family.CLIP, Family.GROUPVIT)
+DUAL_ENCODERS = (Family.CLIP, Family.GROUPVIT, Family.SIGLIP)
 
 
 def embedding_models(family: Family | str, ids_dtype: str = "int64") -> EmbeddingModels:

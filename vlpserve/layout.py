@@ -5,7 +5,7 @@ version folder, and the Python-backend models read that. Every file name is spel
 
     <export>/export_report.json          ExportFolder.report
     <export>/<graph>/model.onnx          ExportFolder.graph(graph)
-    <export>/tokenizer/tokenizer.json    ExportFolder.tokenizer
+    <export>/tokenizer/tokenizer.json    ExportFolder.tokenizer (or spiece.model: SigLIP's)
     <export>/preprocessor/preprocessor_config.json
 
     <repository>/<model>/config.pbtxt
@@ -24,6 +24,8 @@ GRAPH_FILE = "model.onnx"
 PLAIN_GRAPH_FILE = "model.plain.onnx"
 TOKENIZER_DIR = "tokenizer"
 TOKENIZER_FILE = "tokenizer.json"
+SENTENCEPIECE_FILE = "spiece.model"  # SigLIP's tokenizer has no tokenizer.json
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 PREPROCESSOR_DIR = "preprocessor"
 PREPROCESSOR_FILE = "preprocessor_config.json"
 CONFIG_FILE = "config.pbtxt"
@@ -41,12 +43,25 @@ class _Folder:
 
     @property
     def tokenizer(self) -> Path:
-        """The folder of the checkpoint's fast tokenizer."""
+        """The folder of the checkpoint's tokenizer."""
         return self.root / TOKENIZER_DIR
 
     @property
     def tokenizer_file(self) -> Path:
         return self.tokenizer / TOKENIZER_FILE
+
+    @property
+    def sentencepiece_file(self) -> Path:
+        return self.tokenizer / SENTENCEPIECE_FILE
+
+    @property
+    def tokenizer_config(self) -> Path:
+        return self.tokenizer / TOKENIZER_CONFIG_FILE
+
+    @property
+    def has_tokenizer(self) -> bool:
+        """A tokenizer the server can run: a tokenizer.json, or SigLIP's SentencePiece model."""
+        return self.tokenizer_file.is_file() or self.sentencepiece_file.is_file()
 
 
 @dataclass(frozen=True)

@@ -48,8 +48,13 @@ class ModelParams:
     """Base of every model's parameters: written to and read from config.pbtxt."""
 
     def to_config(self) -> dict[str, str]:
-        """config.pbtxt ``parameters``: every field, defaults included (the file says all)."""
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """config.pbtxt ``parameters``: every field, defaults included (the file says all);
+        a None is left out (read back, it is the default None again)."""
+        return {
+            f.name: _encode(getattr(self, f.name))
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) is not None
+        }
 
     @classmethod
     def from_config(cls: type[P], parameters: Mapping[str, str], model: str = "") -> P:
@@ -117,10 +122,11 @@ class SessionParams(ModelParams):
 
 @dataclass(frozen=True, kw_only=True)
 class FamilyParams(ModelParams):
-    """What every model of a dual-encoder family carries: exp(logit_scale), so that
-    zero-shot classification needs no other call."""
+    """What every model of a dual-encoder family carries: exp(logit_scale), and SigLIP's
+    logit_bias, so that zero-shot classification needs no other call."""
 
     logit_scale: float
+    logit_bias: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -128,24 +134,23 @@ class GraphParams(SessionParams):
     """A model serving one exported graph (``onnx_model``). ``pad_values``: inputs the
     model pads to the longest of a batch (ragged token inputs), with their pad value."""
 
-    logit_scale: float | None = None
+    logit_scale: float | None = None  # BLIP graphs have none
+    logit_bias: float | None = None
     pad_values: dict[str, int] = field(default_factory=dict)
-
-    def to_config(self) -> dict[str, str]:
-        found = super().to_config()
-        if self.logit_scale is None:  # BLIP graphs have none
-            del found["logit_scale"]
-        return found
 
 
 @dataclass(frozen=True, kw_only=True)
 class TokenizerParams(FamilyParams, InputLimits):
     """``<family>_tokenizer``: truncation (with special tokens), the pad id, and the token
-    ids' element type (the text graph's: int32 in a TensorRT export)."""
+    ids' element type (the text graph's: int32 in a TensorRT export); ``pad_to``: the length
+    every text is padded to (SigLIP's 64, as trained; 0: the longest of a batch), on
+    ``padding_side`` (the checkpoint's tokenizer's)."""
 
     max_length: int
     pad_token_id: int
     ids_dtype: str = "int64"
+    pad_to: int = 0
+    padding_side: str = "right"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,21 +25,27 @@ class TritonPythonModel(BatchedModel[list[str]]):
     def setup(self) -> None:
         params = self.args.params(TokenizerParams)
         self.limits = params.limits
-        self.tokenizer = TextTokenizer(
-            self.args.folder.tokenizer_file,
+        self.tokenizer = TextTokenizer.of(
+            self.args.folder.tokenizer,
             max_length=params.max_length,
             pad_id=params.pad_token_id,
             ids_dtype=params.ids_dtype,
+            pad_to=params.pad_to,
+            padding_side=params.padding_side,
         )
 
     def parse(self, request: Any) -> list[str]:
         return texts(self.arrays(request), TEXT, self.limits)
 
     def tokens(self, items: list[list[str]]) -> Outputs:
-        """Ids and masks of every text of the batch, padded to the longest."""
+        """Ids and masks of every text of the batch, padded to the longest (or to the
+        checkpoint's fixed length)."""
         ids, mask = self.tokenizer.encode([text for texts in items for text in texts])
         counts = mask.sum(axis=1, keepdims=True).astype(np.int32)
         return {INPUT_IDS: ids, ATTENTION_MASK: mask, TOKEN_COUNT: counts}
 
     def run(self, items: list[list[str]]) -> Sequence[Outputs | Exception]:
-        return split_rows(self.tokens(items), [len(texts) for texts in items])
+        # Only the outputs the config declares: a text graph may take no attention mask.
+        wanted = set(self.args.outputs)
+        tokens = {name: value for name, value in self.tokens(items).items() if name in wanted}
+        return split_rows(tokens, [len(texts) for texts in items])
