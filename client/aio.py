@@ -27,6 +27,7 @@ from vlpserve.client.calls import Generate, GetConfig, Infer, IsReady, Op, Plan
 from vlpserve.client.inputs import ImageInput
 from vlpserve.client.replicas import Replica, addresses, name_of
 from vlpserve.client.segmentation import Segmentation
+from vlpserve.contract import embedding_models
 from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -251,9 +252,11 @@ class AsyncClient(ClientBase):
         labels: Sequence[str],
         *,
         template: str = "a photo of a {}",
+        family: str | None = None,
     ) -> np.ndarray:
         """Zero-shot classification (see ``Client.classify``); texts and images go at once."""
-        return await self._run(calls.classify(self.models, images, labels, template))
+        models = self.models if family is None else embedding_models(family)
+        return await self._run(calls.classify(models, images, labels, template))
 
     async def segment(
         self, image: ImageInput, labels: Sequence[str], *, template: str | None = None

@@ -32,6 +32,7 @@ from vlpserve.contract import (
     IMAGE_EMBEDS,
     LABEL_MAP,
     LABELS,
+    PARAM_LOGIT_BIAS,
     PARAM_LOGIT_SCALE,
     SCORES,
     TEXT,
@@ -188,6 +189,12 @@ def logit_scale_of(model: str, config: dict[str, Any]) -> float:
         raise ModelNotReady(f"{model} has no {PARAM_LOGIT_SCALE}") from exc
 
 
+def logit_bias_of(config: dict[str, Any]) -> float | None:
+    """SigLIP's logit_bias from a model's config (None: a softmax family's model)."""
+    found = config.get("parameters", {}).get(PARAM_LOGIT_BIAS, {}).get("string_value")
+    return None if found is None else float(found)
+
+
 def batch_size_of(config: dict[str, Any]) -> int:
     return int(config.get("max_batch_size", 0)) or 1
 
@@ -292,11 +299,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+
+
 def classify(
     models: EmbeddingModels, images: Sequence[ImageInput], labels: Sequence[str], template: str
 ) -> Plan[np.ndarray]:
-    """softmax(logit_scale * image @ text.T), as CLIP's logits_per_image; the texts and the
-    images are sent at once."""
+    """softmax(logit_scale * image @ text.T), as CLIP's logits_per_image; for SigLIP
+    independent sigmoid(logit_scale * image @ text.T + logit_bias) per label, as it was
+    trained. The texts and the images are sent at once."""
     prompts = [p.encode() for p in templated(labels, template)]
     items = images_to_bytes(images)
     text_model, image_model = models.text.name, models.image.name
@@ -310,7 +322,13 @@ def classify(
     responses = yield [*texts, *pictures]
     text = _stacked(responses[: len(texts)], TEXT_EMBEDS).astype(np.float64)
     image = _stacked(responses[len(texts) :], IMAGE_EMBEDS).astype(np.float64)
-    return softmax(logit_scale_of(text_model, text_config) * image @ text.T)
+    logits = logit_scale_of(text_model, text_config) * image @ text.T
+    if models.family is Family.SIGLIP:
+        bias = logit_bias_of(text_config)
+        if bias is None:
+            raise ModelNotReady(f"{text_model} has no {PARAM_LOGIT_BIAS}")
+        return sigmoid(logits + bias)
+    return softmax(logits)
 
 
 def segment(

@@ -29,6 +29,7 @@ from vlpserve.client.calls import Generate, GetConfig, Infer, IsReady, Op, Plan
 from vlpserve.client.inputs import ImageInput
 from vlpserve.client.replicas import Replica, resolve
 from vlpserve.client.segmentation import Segmentation
+from vlpserve.contract import embedding_models
 from vlpserve.errors import ClientError
 
 logger = logging.getLogger(__name__)
@@ -255,13 +256,18 @@ class Client(ClientBase):
         labels: Sequence[str],
         *,
         template: str = "a photo of a {}",
+        family: str | None = None,
     ) -> np.ndarray:
-        """Zero-shot classification: probabilities (n_images, n_labels), rows sum to 1.
+        """Zero-shot classification: probabilities (n_images, n_labels).
 
-        Each label is put into ``template`` and embedded; probabilities are
-        softmax(logit_scale * image_embeds @ text_embeds.T), as CLIP's logits_per_image.
+        Each label is put into ``template`` and embedded. CLIP and GroupViT: a softmax over
+        the labels, softmax(logit_scale * image_embeds @ text_embeds.T) as CLIP's
+        logits_per_image, rows sum to 1. SigLIP (``family="siglip"``, here or the client's):
+        an independent probability per label, sigmoid(logit_scale * cos + logit_bias), both
+        parameters from the served checkpoint, as it was trained; rows need not sum to 1.
         """
-        return self._run(calls.classify(self.models, images, labels, template))
+        models = self.models if family is None else embedding_models(family)
+        return self._run(calls.classify(models, images, labels, template))
 
     def segment(
         self, image: ImageInput, labels: Sequence[str], *, template: str | None = None

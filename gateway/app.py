@@ -39,6 +39,7 @@ from vlpserve.gateway.errors import (
 MODELS: dict[str, tuple[str, tuple[str, ...]]] = {
     "clip": ("clip", ("clip_text", "clip_image")),
     "groupvit": ("groupvit", ("groupvit_text", "groupvit_image")),
+    "siglip": ("siglip", ("siglip_text", "siglip_image")),
     "blip-caption": ("blip", ("blip_caption",)),
     "blip-vqa": ("blip", ("blip_vqa",)),
 }
