@@ -76,10 +76,17 @@ def dual_encoder(
     processor = AutoProcessor.from_pretrained(checkpoint)
     text_graph = _ort(ExportFolder(export_dir).graph("text_encoder"))
     image_graph = _ort(ExportFolder(export_dir).graph("image_encoder"))
+    report = ExportReport.read(export_dir)
+    # As the checkpoint wants its texts: padded to the longest (CLIP), or to max_length
+    # (SigLIP's 64, as trained and as served).
+    padding = {"padding": "max_length", "max_length": report.max_text_length}
+    if report.text_padding != "max_length":
+        padding = {"padding": True}
 
     def tokens(batch: int) -> dict[str, np.ndarray]:
         texts = [TEXTS[i % len(TEXTS)] for i in range(batch)]
-        return dict(processor.tokenizer(texts, padding=True, return_tensors="np"))
+        found = processor.tokenizer(texts, truncation=True, return_tensors="np", **padding)
+        return {k: v for k, v in found.items() if k in ("input_ids", "attention_mask")}
 
     def pixels(batch: int) -> np.ndarray:
         return processor.image_processor(images=sample_images(photos, batch), return_tensors="np")[

@@ -101,6 +101,22 @@ def build_scenarios(
             description="one JPEG per request, decoded and preprocessed in the server",
         ),
         Scenario(
+            name="siglip_text",
+            model="siglip_text",
+            stats_models=("siglip_text", "siglip_tokenizer", "siglip_text_encoder"),
+            send=lambda c, i: c.embed_texts([pick(TEXTS, i)]),
+            family="siglip",
+            description="one text per request, padded to SigLIP's 64 tokens",
+        ),
+        Scenario(
+            name="siglip_image",
+            model="siglip_image",
+            stats_models=("siglip_image_preprocessor", "siglip_image_encoder"),
+            send=lambda c, i: c.embed_images([pick(jpegs, i)]),
+            family="siglip",
+            description="one JPEG per request, decoded and preprocessed in the server",
+        ),
+        Scenario(
             name="groupvit_segment",
             model="groupvit_segment",
             stats_models=(

@@ -37,6 +37,8 @@ ALL_SCENARIOS = (
     "clip_text_http",
     "clip_image_http",
     "clip_image_tensor",
+    "siglip_text",
+    "siglip_image",
     "groupvit_segment",
     "blip_caption",
     "blip_caption_beam3",
@@ -51,6 +53,8 @@ CHECKPOINT_OF = {
     "clip_text_http": "clip",
     "clip_image_http": "clip",
     "clip_image_tensor": "clip",
+    "siglip_text": "siglip",
+    "siglip_image": "siglip",
     "groupvit_segment": "groupvit",
     "blip_caption": "blip-caption",
     "blip_caption_beam3": "blip-caption",
@@ -233,6 +237,10 @@ def _baselines(
         if "clip_image_tensor" in wanted:  # pixel values in: the tensor-level baselines
             image = found["clip_image"]
             out["clip_image_tensor"] = {k: v for k, v in image.items() if k != "onnxruntime_e2e"}
+    if "siglip" in deployed and {"siglip_text", "siglip_image"} & set(wanted):
+        source, export_dir = deployed["siglip"]
+        found = baselines.dual_encoder("siglip", source, export_dir, photos)
+        out |= {k: v for k, v in found.items() if k in wanted}
     if "groupvit" in deployed and "groupvit_segment" in wanted:
         out |= baselines.groupvit_segment(*deployed["groupvit"], photos)
     if "blip-caption" in deployed:

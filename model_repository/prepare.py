@@ -22,6 +22,7 @@ from vlpserve.export.checkpoints import (
 )
 from vlpserve.export.common import ExportOptions, Precision
 from vlpserve.export.report import ExportReport
+from vlpserve.export.siglip_checkpoints import SIGLIP_BASE_HUB_ID, build_siglip
 from vlpserve.layout import ExportFolder
 from vlpserve.model_repository.builder import RepositoryOptions, build_repository
 from vlpserve.model_repository.config import Device, Preprocess
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINTS: dict[str, tuple[Family, str, Callable[..., Path]]] = {
     "clip": (Family.CLIP, CLIP_BASE_HUB_ID, build_clip),
     "groupvit": (Family.GROUPVIT, GROUPVIT_BASE_HUB_ID, build_groupvit),
+    "siglip": (Family.SIGLIP, SIGLIP_BASE_HUB_ID, build_siglip),
     **{
         f"blip-{kind}": (
             Family.BLIP,

@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from vlpserve.export import ExportOptions, export_blip, export_clip, export_groupvit
+from vlpserve.export import (
+    ExportOptions,
+    export_blip,
+    export_clip,
+    export_groupvit,
+    export_siglip,
+)
 from vlpserve.export.checkpoints import build_blip, build_clip, build_groupvit
 from vlpserve.export.hf import features, image_processor
 from vlpserve.model_repository import RepositoryOptions, Runtime, build_repository
@@ -68,6 +74,21 @@ def groupvit_export(groupvit_checkpoint: Path, tmp_path_factory: pytest.TempPath
     return out
 
 
+@pytest.fixture(scope="session")
+def siglip_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny seeded SigLIP (SentencePiece vocabulary trained at build time)."""
+    from vlpserve.export.siglip_checkpoints import build_siglip
+
+    return build_siglip(tmp_path_factory.mktemp("siglip-tiny"), version=1, seed=0)
+
+
+@pytest.fixture(scope="session")
+def siglip_export(siglip_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("siglip-export")
+    export_siglip(ExportOptions(model=str(siglip_checkpoint), out=out))
+    return out
+
+
 BLIP_KINDS = ("caption", "itm", "vqa")
 
 
@@ -112,12 +133,13 @@ def _repo(exports: list[Path], out: Path, runtime: Runtime) -> Path:
 def python_repo(
     clip_export: Path,
     groupvit_export: Path,
+    siglip_export: Path,
     blip_exports: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
-    """The python-runtime repository: CLIP, GroupViT and the three BLIP kinds."""
+    """The python-runtime repository: CLIP, GroupViT, SigLIP and the three BLIP kinds."""
     out = tmp_path_factory.mktemp("repo-python")
-    exports = [clip_export, groupvit_export, *blip_exports.values()]
+    exports = [clip_export, groupvit_export, siglip_export, *blip_exports.values()]
     return _repo(exports, out, Runtime.PYTHON)
 
 
@@ -125,11 +147,12 @@ def python_repo(
 def onnxruntime_repo(
     clip_export: Path,
     groupvit_export: Path,
+    siglip_export: Path,
     blip_exports: dict[str, Path],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Path:
     out = tmp_path_factory.mktemp("repo-ort")
-    exports = [clip_export, groupvit_export, *blip_exports.values()]
+    exports = [clip_export, groupvit_export, siglip_export, *blip_exports.values()]
     return _repo(exports, out, Runtime.ONNXRUNTIME)
 
 

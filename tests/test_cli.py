@@ -91,6 +91,7 @@ def test_prepared_repository_holds_only_the_requested_checkpoints(
 def test_demo_on_tiny_models(
     clip_export: Path,
     groupvit_export: Path,
+    siglip_export: Path,
     blip_exports: dict[str, Path],
     tmp_path: Path,
     capsys,
@@ -101,6 +102,7 @@ def test_demo_on_tiny_models(
     exports = {
         "clip": clip_export,
         "groupvit": groupvit_export,
+        "siglip": siglip_export,
         "blip-caption": blip_exports["caption"],
         "blip-vqa": blip_exports["vqa"],
     }
@@ -109,13 +111,14 @@ def test_demo_on_tiny_models(
     sources = {name: ExportReport.read(export).source for name, export in exports.items()}
     command = ["demo", "--workdir", str(tmp_path), "--model", sources["clip"]]
     command += ["--groupvit", sources["groupvit"], "--blip-caption", sources["blip-caption"]]
-    command += ["--blip-vqa", sources["blip-vqa"]]
+    command += ["--blip-vqa", sources["blip-vqa"], "--siglip", sources["siglip"]]
     assert main(command) == 0
     out = capsys.readouterr().out
-    assert out.count("reusing the export") == 4
+    assert out.count("reusing the export") == 5
     for line in (
         "CLIP: embedded 4 photos -> (4, 16)",
         "zero-shot classification",
+        "SigLIP: zero-shot, an independent sigmoid per label",
         "GroupViT: segmented chelsea.png",
         "BLIP: captions of 4 photos",
         "chelsea.png: what animal is in the picture? ->",

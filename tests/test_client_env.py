@@ -62,6 +62,11 @@ def _expected(url: str, photos: dict[str, bytes], reference: Reference) -> dict[
             "segment_fractions": found.fractions,
             "groupvit_texts": client.embed_texts(TEXTS),
         }
+    with Client(url, family="siglip", timeout_s=120) as client:
+        arrays |= {
+            "siglip_texts": client.embed_texts(TEXTS),
+            "siglip_probs": client.classify(images, LABELS),
+        }
     # The main environment's client against Hugging Face, so the chain is whole here too.
     assert np.sum(clip_texts * reference.text_embeds(TEXTS), axis=1).min() >= 0.9999
     return {"arrays": arrays, "captions": captions, "answers": answers, "names": names}

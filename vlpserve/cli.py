@@ -293,6 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         for name, value in (
             ("clip", args.model),
             ("groupvit", args.groupvit),
+            ("siglip", args.siglip),
             ("blip-caption", args.blip_caption),
             ("blip-vqa", args.blip_vqa),
         )
@@ -562,10 +563,13 @@ def parser() -> argparse.ArgumentParser:
     )
     bench.set_defaults(func=cmd_bench)
 
-    demo = sub.add_parser("demo", help="export, build, serve and query CLIP, GroupViT, BLIP")
+    demo = sub.add_parser(
+        "demo", help="export, build, serve and query CLIP, GroupViT, SigLIP, BLIP"
+    )
     demo.add_argument("--workdir", default="build/demo")
     demo.add_argument("--model", default=None, help="CLIP hub id or folder (default: B/32)")
     demo.add_argument("--groupvit", default=None, help="GroupViT hub id or folder")
+    demo.add_argument("--siglip", default=None, help="SigLIP or SigLIP 2 hub id or folder")
     demo.add_argument("--blip-caption", default=None, help="BLIP captioning hub id or folder")
     demo.add_argument("--blip-vqa", default=None, help="BLIP VQA hub id or folder")
     demo.set_defaults(func=cmd_demo)

@@ -17,7 +17,7 @@ from pathlib import Path
 from vlpserve.contract import Family
 from vlpserve.export.samples import SAMPLE_LABELS, photo_bytes
 
-DEMO_CHECKPOINTS = ("clip", "groupvit", "blip-caption", "blip-vqa")
+DEMO_CHECKPOINTS = ("clip", "groupvit", "siglip", "blip-caption", "blip-vqa")
 SEGMENT_LABELS = ["cat", "grass", "wall", "sky"]
 
 
@@ -34,8 +34,8 @@ def run_demo(workdir: Path, *, models: dict[str, str] | None = None) -> None:
     """Run the whole pipeline once and print what it did.
 
     Args:
-        models: hub ids or folders by name (``clip``, ``groupvit``, ``blip-caption``,
-            ``blip-vqa``) to use instead of the defaults.
+        models: hub ids or folders by name (``clip``, ``groupvit``, ``siglip``,
+            ``blip-caption``, ``blip-vqa``) to use instead of the defaults.
     """
     from vlpserve.client import Client
     from vlpserve.model_repository import validate_repository
@@ -63,6 +63,12 @@ def run_demo(workdir: Path, *, models: dict[str, str] | None = None) -> None:
             print("round trip over gRPC, batch 1, median of 10:")
             print(f"  text  (5 words)            {text_ms:7.1f} ms")
             print(f"  image (chelsea.png, PNG)   {image_ms:7.1f} ms")
+        with Client(server.grpc_url, family=Family.SIGLIP) as client:
+            probs = client.classify(list(photos.values()), list(SAMPLE_LABELS))
+            print("\nSigLIP: zero-shot, an independent sigmoid per label (rows need not sum to 1):")
+            for name, row in zip(photos, probs, strict=True):
+                best = int(row.argmax())
+                print(f"  {name:<14} -> {SAMPLE_LABELS[best]:<14} p={row[best]:.3f}")
         with Client(server.grpc_url, family=Family.GROUPVIT) as client:
             seg = client.segment(photos["chelsea.png"], SEGMENT_LABELS, template="a photo of a {}.")
             overlay = seg.save_overlay(workdir / "chelsea_segmentation.png")

@@ -69,6 +69,12 @@ class Reference:
 
 @pytest.fixture(scope="module", params=[1, 2], ids=["siglip", "siglip2"])
 def served(request, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Reference]]:
+    """SigLIP from the session's repository (beside the other families); SigLIP 2 (the same
+    model names) from a server of its own."""
+    if request.param == 1:
+        triton = request.getfixturevalue("triton")
+        yield triton.grpc_url, Reference(request.getfixturevalue("siglip_checkpoint"))
+        return
     folder = tmp_path_factory.mktemp(f"served-siglip{request.param}")
     checkpoint = build_siglip(folder / "checkpoint", version=request.param)
     export("siglip", ExportOptions(model=str(checkpoint), out=folder / "export"))
@@ -150,7 +156,7 @@ def test_front_door_serves_siglip(served, photos) -> None:
     gateway = GatewayThread(GatewayOptions(triton=url), "127.0.0.1", free_port()).start()
     try:
         api = openai.OpenAI(base_url=gateway.url, api_key="unused", max_retries=0)
-        assert {m.id for m in api.models.list()} == {"siglip"}
+        assert "siglip" in {m.id for m in api.models.list()}
         image = photos["coffee.png"]
         found = api.embeddings.create(
             model="siglip",

@@ -70,6 +70,16 @@ def test_segmentation(url: str, setting, expected, photos) -> None:
     np.testing.assert_allclose(texts, expected["groupvit_texts"], atol=ATOL)
 
 
+def test_siglip_sigmoid(url: str, setting, expected, photos) -> None:
+    images = [photos[name] for name in setting["photo_names"]]
+    with Client(url, family="siglip", timeout_s=60) as client:
+        np.testing.assert_allclose(
+            client.embed_texts(setting["texts"]), expected["siglip_texts"], atol=ATOL
+        )
+        probs = client.classify(images, setting["labels"])
+    np.testing.assert_allclose(probs, expected["siglip_probs"], atol=ATOL)
+
+
 def test_blip(url: str, setting, expected, photos) -> None:
     images = [photos[name] for name in setting["photo_names"]]
     with Client(url, timeout_s=120) as client:

@@ -28,7 +28,13 @@ def api(url: str) -> Iterator[openai.OpenAI]:
 
 
 def test_models(api: openai.OpenAI) -> None:
-    assert {m.id for m in api.models.list()} == {"clip", "groupvit", "blip-caption", "blip-vqa"}
+    assert {m.id for m in api.models.list()} == {
+        "clip",
+        "groupvit",
+        "siglip",
+        "blip-caption",
+        "blip-vqa",
+    }
 
 
 @pytest.mark.parametrize("encoding", ["float", "base64"])

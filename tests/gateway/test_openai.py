@@ -44,7 +44,13 @@ def api(gateway) -> openai.OpenAI:
 
 
 def test_models_lists_what_is_served(api) -> None:
-    assert {m.id for m in api.models.list()} == {"clip", "groupvit", "blip-caption", "blip-vqa"}
+    assert {m.id for m in api.models.list()} == {
+        "clip",
+        "groupvit",
+        "siglip",
+        "blip-caption",
+        "blip-vqa",
+    }
 
 
 @pytest.mark.parametrize("family", ["clip", "groupvit"])

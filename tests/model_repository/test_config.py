@@ -64,8 +64,9 @@ def test_invalid_configs_rejected() -> None:
 def test_repository_validates(fixture: str, request: pytest.FixtureRequest) -> None:
     repo: Path = request.getfixturevalue(fixture)
     report = validate_repository(repo)
-    assert report.ok and report.families == ["blip", "clip", "groupvit"]
+    assert report.ok and report.families == ["blip", "clip", "groupvit", "siglip"]
     expected = [m.name for m in CLIP.all()] + [m.name for m in GROUPVIT.all()]
+    expected += [m.name for m in embedding_models("siglip").all()]
     for kind in ("caption", "itm", "vqa"):
         blip = blip_models(kind)
         expected += [blip.raw.name, *(blip.graph(g) for g in blip.graphs)]
@@ -375,3 +376,20 @@ def test_no_queue_policy_unless_asked_for(python_repo: Path) -> None:
     ).to_proto()
     assert message.dynamic_batching.default_queue_policy.max_queue_size == 8
     assert message.dynamic_batching.default_queue_policy.allow_timeout_override
+
+
+def test_siglip_models_carry_their_padding_and_bias(python_repo: Path, siglip_export) -> None:
+    """SigLIP's text models pad to 64 and carry logit_bias beside logit_scale; the image
+    pre-processor resizes to a square with no crop (its processor's config)."""
+    from vlpserve.model_repository.runtime.params import TextParams
+
+    report = ExportReport.read(siglip_export)
+    config = read_config(python_repo / "siglip_text" / "config.pbtxt")
+    params = TextParams.from_config({k: v.string_value for k, v in config.parameters.items()})
+    assert params.pad_to == 64 and params.max_length == 64
+    assert params.logit_bias == pytest.approx(report.logit_bias)
+    assert params.logit_scale == pytest.approx(report.logit_scale)
+    image = read_config(python_repo / "siglip_image" / "config.pbtxt")
+    assert float(image.parameters["logit_bias"].string_value) == pytest.approx(report.logit_bias)
+    clip = read_config(python_repo / "clip_text" / "config.pbtxt")
+    assert "logit_bias" not in clip.parameters and "pad_to" in clip.parameters
