@@ -133,3 +133,28 @@ def test_texts_must_be_padded_to_64(siglip) -> None:
         (got,) = graph.run(None, {"input_ids": ids, "attention_mask": mask})
         cosines = np.sum(got * expected, axis=1)
         assert bool(cosines.min() >= 0.9999) == agrees, (pad_to, cosines)
+
+
+@pytest.mark.parametrize(
+    ("precision", "target", "floor"),
+    [("int8", "onnxruntime", 0.99), ("fp16", "tensorrt", 0.999)],
+)
+def test_precisions_and_tensorrt(
+    siglip, precision: str, target: str, floor: float, tmp_path: Path
+) -> None:
+    """int8 (ONNX Runtime's CPU variant) and fp16 for TensorRT (standard operators, int32
+    ids, a profile up to 64 tokens) pass their gates against PyTorch fp32."""
+    from vlpserve.export.tensorrt import lint
+
+    checkpoint, _ = siglip
+    report = export(
+        "siglip",
+        ExportOptions(model=str(checkpoint), out=tmp_path, precision=precision, target=target),
+    )
+    for graph in report.graphs.values():
+        assert graph.worst_cosine >= floor, graph.parity
+    if target == "tensorrt":
+        assert report.ids_dtype == "int32"
+        text = report.graphs["text_encoder"]
+        assert lint(tmp_path / text.path) == [] and text.profile["input_ids"]["max"][1] == 64
+        assert lint(tmp_path / report.graphs["image_encoder"].path) == []
