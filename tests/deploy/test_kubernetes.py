@@ -285,3 +285,16 @@ def test_cli_writes_the_files(clip_repo: Path, tmp_path: Path) -> None:
     assert main([*argv, "--out", str(tmp_path / "ks"), "--format", "kserve"]) == 0
     assert [p.name for p in (tmp_path / "ks").iterdir()] == ["inferenceservice.yaml"]
     assert main([*argv, "--out", str(tmp_path / "bad"), "--replicas", "0"]) == 1
+
+
+def test_sizing_covers_siglip(python_repo: Path) -> None:
+    """SigLIP's models are sized as CLIP's are: /dev/shm for each Python-backend instance,
+    memory for the weights of its graphs."""
+    from vlpserve.contract import embedding_models
+
+    shape = inspect(python_repo)
+    siglip = {m.name: m for m in shape.models if m.name.startswith("siglip_")}
+    assert set(siglip) == {m.name for m in embedding_models("siglip").all()}
+    for name in ("siglip_text", "siglip_text_encoder", "siglip_image_encoder"):
+        assert siglip[name].shm_bytes > 0 and siglip[name].weight_bytes > 0, name
+    assert siglip["siglip_image_preprocessor"].shm_bytes > 2 * 20 * MIB  # a batch of images
