@@ -137,13 +137,13 @@ def test_texts_must_be_padded_to_64(siglip) -> None:
 
 @pytest.mark.parametrize(
     ("precision", "target", "floor"),
-    [("int8", "onnxruntime", 0.99), ("fp16", "tensorrt", 0.999)],
+    [("int8", "onnxruntime", 0.99), ("fp16", "onnxruntime", 0.999), ("fp16", "tensorrt", 0.999)],
 )
 def test_precisions_and_tensorrt(
     siglip, precision: str, target: str, floor: float, tmp_path: Path
 ) -> None:
-    """int8 (ONNX Runtime's CPU variant) and fp16 for TensorRT (standard operators, int32
-    ids, a profile up to 64 tokens) pass their gates against PyTorch fp32."""
+    """int8 (ONNX Runtime's CPU variant), fp16, and fp16 for TensorRT (standard operators,
+    int32 ids, a profile up to 64 tokens) pass their gates against PyTorch fp32."""
     from vlpserve.export.tensorrt import lint
 
     checkpoint, _ = siglip
