@@ -91,15 +91,19 @@ async def soak(
     memory: Callable[[], dict[str, int]] | None,
     sample_every_s: float = 5.0,
 ) -> SoakRun:
-    """``concurrency`` workers, worker ``i`` sending scenario ``i mod n`` back to back
-    (each scenario with its own client), until ``duration_s`` has passed."""
+    """``concurrency`` workers sending back to back until ``duration_s`` has passed,
+    worker ``i``'s ``k``-th request going to scenario ``(i + k * concurrency) mod n`` (each
+    scenario with its own client): every scenario is sent even with fewer workers than
+    scenarios, and with as many workers the mix is one worker per scenario as before."""
     run = SoakRun(started=time.monotonic())
     end = run.started + duration_s
     counter = iter(range(10**12))
 
     async def worker(slot: int) -> None:
-        scenario, client = scenarios[slot % len(scenarios)]
+        turn = slot
         while (started := time.monotonic()) < end:
+            scenario, client = scenarios[turn % len(scenarios)]
+            turn += concurrency
             error: BaseException | None = None
             try:
                 await asyncio.wait_for(scenario.send(client, next(counter)), timeout_s)
