@@ -155,7 +155,12 @@ class TokenizerParams(FamilyParams, InputLimits):
 
 @dataclass(frozen=True, kw_only=True)
 class TextParams(TokenizerParams, SessionParams):
-    """``<family>_text`` of the python runtime: the tokenizer and the text graph."""
+    """``<family>_text`` of the python runtime: the tokenizer and the text graph, which runs a
+    batch in groups of similar length when that saves work (runtime.text.length_groups):
+    ``length_group_tokens`` is what one more graph call costs, in token positions (0: one
+    call, padded to the longest)."""
+
+    length_group_tokens: int = 16
 
 
 @dataclass(frozen=True, kw_only=True)

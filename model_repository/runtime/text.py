@@ -108,6 +108,32 @@ class TextTokenizer:
         return ids, mask
 
 
+def length_groups(lengths: Sequence[int], call_tokens: int) -> list[list[int]]:
+    """The rows of a batch of texts split into groups of similar length, so that a short text
+    does not pay for the longest one: each group runs padded to its own longest.
+
+    A group costs about ``call_tokens`` (one more graph call) plus its rows times its longest
+    length, in token positions; the split is the cheapest one over the rows sorted by length
+    (dynamic programming over where to cut). Returns the groups as row indices.
+    """
+    order = sorted(range(len(lengths)), key=lambda row: lengths[row])
+    sorted_lengths = [lengths[row] for row in order]
+    count = len(order)
+    best = [0.0] + [float("inf")] * count  # best[j]: cheapest split of the first j rows
+    cut = [0] * (count + 1)
+    for end in range(1, count + 1):
+        for start in range(end):
+            cost = best[start] + call_tokens + (end - start) * sorted_lengths[end - 1]
+            if cost < best[end]:
+                best[end], cut[end] = cost, start
+    groups = []
+    end = count
+    while end > 0:
+        groups.append(order[cut[end] : end])
+        end = cut[end]
+    return groups[::-1]
+
+
 class SiglipPieces:
     """SigLIP's tokenizer (transformers' ``SiglipTokenizer``) on its SentencePiece model.
 

@@ -246,3 +246,15 @@ def test_token_counts_come_with_the_embeddings(client: Client, reference) -> Non
     expected = [len(ids) for ids in reference.tokenizer(texts, truncation=True)["input_ids"]]
     assert counts.tolist() == expected and counts.dtype == np.int32
     assert counts[-1] == 77
+
+
+def test_length_groups_change_no_embedding(client: Client, reference) -> None:
+    """Texts of 3 to 30 tokens in one request run in groups of similar length (each padded
+    to its own longest): every vector is the one the text gets alone, and Hugging Face's."""
+    texts = ["cat", "a photo of a dog", "word " * 26, "a very long caption " * 6][
+        :TEST_MAX_BATCH_SIZE
+    ]
+    together = client.embed_texts(texts)
+    alone = np.concatenate([client.embed_texts([text]) for text in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+    assert np.sum(together * reference.text_embeds(texts), axis=1).min() >= 0.9999

@@ -161,3 +161,15 @@ def test_transparency_as_the_reference_makes_it(clip_export: Path, photos, refer
         theirs = reference.processor(images=Image.open(io.BytesIO(data)), return_tensors="np")
         np.testing.assert_allclose(ours.preprocess(data, 0), theirs["pixel_values"][0], atol=1e-6)
         assert not np.allclose(theirs_not.preprocess(data, 0), theirs["pixel_values"][0]), name
+
+
+def test_length_groups_split_where_it_saves_work() -> None:
+    from vlpserve.model_repository.runtime.text import length_groups
+
+    lengths = [30, 3, 28, 5, 4, 29]
+    groups = length_groups(lengths, call_tokens=16)
+    assert sorted(row for group in groups for row in group) == list(range(6))
+    assert [sorted(lengths[r] for r in group) for group in groups] == [[3, 4, 5], [28, 29, 30]]
+    assert length_groups(lengths, call_tokens=10_000) == [[1, 4, 3, 2, 5, 0]]  # one call
+    assert len(length_groups([7] * 32, call_tokens=0)) == 1  # equal lengths: nothing to gain
+    assert length_groups([], call_tokens=16) == []
