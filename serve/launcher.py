@@ -35,7 +35,7 @@ from types import TracebackType
 from typing import Any
 
 from vlpserve.errors import ServeError
-from vlpserve.serve.security import Security
+from vlpserve.serve.security import Security, dial
 from vlpserve.serve.supervisor import StubWatch, memory, metrics_text, outstanding
 
 logger = logging.getLogger(__name__)
@@ -187,11 +187,11 @@ class TritonServer:
 
     @property
     def http_url(self) -> str:
-        return f"{self.security.dial_host}:{self.http_port}"
+        return f"{dial(self.security.http_host)}:{self.http_port}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.security.dial_host}:{self.metrics_port}/metrics"
+        return f"http://{dial(self.security.metrics_host)}:{self.metrics_port}/metrics"
 
     @property
     def pid(self) -> int | None:

@@ -1,8 +1,13 @@
 """Who may reach a server, and how: the listening address, TLS, the API key.
 
-Secure by default: tritonserver listens on 127.0.0.1 only, model loading is closed to
-callers (an internal key, known to the launcher alone, guards the model-repository
-protocol), and an API key, when one is given, guards every other protocol but health.
+Secure by default: tritonserver listens on 127.0.0.1 only, model loading and the protocols
+no caller needs (shared memory, trace and log settings) are closed to callers (an internal
+key, known to the launcher alone, guards them), and an API key, when one is given, guards
+every other protocol but health.
+
+Only gRPC has TLS: HTTP and metrics are plaintext, and listen on loopback unless they are
+exposed by name (``http_host``, ``metrics_host``). Exposing any endpoint beyond loopback
+needs an API key or client certificates (mutual TLS; gRPC only), or ``insecure``.
 
 Triton takes restricted-protocol keys on its command line, so local users of the machine can
 read them with ``ps``; the key never appears in vlpserve's logs or error messages.
@@ -10,6 +15,7 @@ read them with ``ps``; the key never appears in vlpserve's logs or error message
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from dataclasses import dataclass, field
@@ -23,16 +29,12 @@ API_KEY_ENV = "VLPSERVE_API_KEY"
 AUTH_HEADER = "authorization"
 GRPC_AUTH_METADATA = "triton-grpc-protocol-authorization"
 # Every protocol a caller uses, but health: probes (Kubernetes, load balancers) stay open.
-GUARDED = (
-    "inference",
-    "metadata",
-    "model-config",
-    "statistics",
-    "shared-memory",
-    "trace",
-    "logging",
-)
-ADMIN = "model-repository"  # loading and unloading models: the launcher's own
+GUARDED = ("inference", "metadata", "model-config", "statistics")
+# The launcher's own: loading and unloading models, and what vlpserve's clients never use:
+# shared memory (system and CUDA: the Python backend's region-name CVEs, 2025-23319/23320/
+# 23334, go through it), trace and log settings.
+ADMIN = ("model-repository", "shared-memory", "trace", "logging")
+LOOPBACK = "127.0.0.1"
 
 
 def api_key_from(path: Path | None, environ: dict[str, str] | None = None) -> str | None:
@@ -58,21 +60,28 @@ class Security:
     """How tritonserver is exposed.
 
     Attributes:
-        host: address gRPC, HTTP and metrics listen on (``0.0.0.0`` exposes them).
+        host: address gRPC listens on (``0.0.0.0``: every interface).
+        http_host, metrics_host: addresses HTTP and metrics listen on (plaintext, both;
+            loopback unless exposed by name).
         tls_cert, tls_key: PEM files: gRPC over TLS with this identity.
         tls_ca: PEM bundle: callers must present a certificate it signed (mutual TLS).
         api_key: callers must send it (gRPC metadata ``triton-grpc-protocol-authorization:
             Bearer <key>``, HTTP header ``authorization: Bearer <key>``) for every protocol
             but health.
         http: serve the HTTP endpoint (it has no TLS; keep it on loopback, or off).
+        insecure: allow an endpoint beyond loopback with neither an API key nor client
+            certificates.
     """
 
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
+    http_host: str = LOOPBACK
+    metrics_host: str = LOOPBACK
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
     api_key: str | None = field(default=None, repr=False)
     http: bool = True
+    insecure: bool = False
     admin_key: str = field(default_factory=lambda: secrets.token_urlsafe(24), repr=False)
 
     def __post_init__(self) -> None:
@@ -86,6 +95,32 @@ class Security:
         key = self.api_key
         if key is not None and (not key or any(c.isspace() for c in key)):
             raise ConfigError("the API key must be one word, without spaces")
+        if problem := self.exposure_problem():
+            raise ConfigError(problem)
+
+    def exposure_problem(self) -> str | None:
+        """Why these addresses open the server to anyone who reaches them (None: they
+        do not). gRPC is guarded by an API key or client certificates; HTTP only by the
+        key (it has no TLS); metrics by neither, so they may leave loopback only on a
+        server that guards its calls."""
+        if self.insecure:
+            return None
+        mutual = self.tls_ca is not None
+        open_endpoints = []
+        if not is_loopback(self.host) and not (self.api_key or mutual):
+            open_endpoints.append(f"gRPC on {self.host}")
+        if self.http and not is_loopback(self.http_host) and not self.api_key:
+            open_endpoints.append(f"HTTP on {self.http_host}")
+        if not is_loopback(self.metrics_host) and not (self.api_key or mutual):
+            open_endpoints.append(f"metrics on {self.metrics_host}")
+        if not open_endpoints:
+            return None
+        return (
+            f"{' and '.join(open_endpoints)} would answer anyone who reaches them: add "
+            "--api-key-file (or $VLPSERVE_API_KEY), or for gRPC client certificates "
+            "(--tls-cert, --tls-key and --tls-ca; HTTP has no TLS and takes only the key), "
+            "or keep them on 127.0.0.1; --insecure exposes them unauthenticated"
+        )
 
     @property
     def tls(self) -> bool:
@@ -93,19 +128,19 @@ class Security:
 
     @property
     def dial_host(self) -> str:
-        """The address this machine's own clients dial (the launcher's readiness checks)."""
-        return "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        """The address this machine's own clients dial for gRPC (the launcher's checks)."""
+        return dial(self.host)
 
     def arguments(self) -> list[str]:
         """tritonserver options for addresses, TLS and keys."""
-        args = [f"--grpc-address={self.host}", f"--metrics-address={self.host}"]
-        args += [f"--http-address={self.host}"] if self.http else ["--allow-http=false"]
+        args = [f"--grpc-address={self.host}", f"--metrics-address={self.metrics_host}"]
+        args += [f"--http-address={self.http_host}"] if self.http else ["--allow-http=false"]
         if self.tls:
             args += ["--grpc-use-ssl=true", f"--grpc-server-cert={self.tls_cert}"]
             args += [f"--grpc-server-key={self.tls_key}"]
             if self.tls_ca is not None:
                 args += ["--grpc-use-ssl-mutual=true", f"--grpc-root-cert={self.tls_ca}"]
-        groups = [(ADMIN, self.admin_key)]
+        groups = [(",".join(ADMIN), self.admin_key)]
         if self.api_key:
             groups.append((",".join(GUARDED), self.api_key))
         for protocols, key in groups:
@@ -140,3 +175,19 @@ class Security:
             if key:
                 text = text.replace(key, "***")
         return text
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (``localhost``, 127.0.0.0/8, ``::1``); any
+    other name counts as exposed."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def dial(host: str) -> str:
+    """The address this machine's own clients dial for a server listening on ``host``."""
+    return LOOPBACK if host in ("0.0.0.0", "", "::") else host

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from vlpserve import __version__
 from vlpserve.contract import Family
-from vlpserve.errors import VlpserveError
+from vlpserve.errors import ConfigError, VlpserveError
 
 EXPORTABLE = (Family.CLIP, Family.GROUPVIT, Family.BLIP, Family.SIGLIP)
 
@@ -100,6 +100,19 @@ def cmd_repo_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def labels_of(text: str | None) -> dict[str, str]:
+    """``k=v,k2=v2`` -> {k: v, k2: v2}."""
+    found = {}
+    for part in (text or "").split(","):
+        if not part.strip():
+            continue
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"expected labels as key=value,key2=value2: {text!r}")
+        found[key.strip()] = value.strip()
+    return found
+
+
 def cmd_deploy(args: argparse.Namespace) -> int:
     from vlpserve.deploy import DeployOptions, Format, inspect, render, write
     from vlpserve.deploy.sizing import GIB, MIB
@@ -123,6 +136,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         tls_secret=args.tls_secret,
         mutual_tls=args.mutual_tls,
         api_key_secret=args.api_key_secret,
+        insecure=args.insecure,
+        grpc_from=labels_of(args.grpc_from),
+        monitoring_namespace=args.monitoring_namespace,
         format=Format(args.format),
     )
     shape = inspect(args.sizing_from or args.repo, endpoint_url=args.endpoint_url)
@@ -159,17 +175,34 @@ def cmd_repo_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway_exposure(host: str, api_key: str | None, insecure: bool) -> None:
+    """The front door is plaintext HTTP: beyond loopback it needs the API key."""
+    from vlpserve.serve.security import is_loopback
+
+    if not (is_loopback(host) or api_key or insecure):
+        raise ConfigError(
+            f"the OpenAI front door on {host} would answer anyone who reaches it: add "
+            "--api-key-file (or $VLPSERVE_API_KEY), or keep it on 127.0.0.1; --insecure "
+            "exposes it unauthenticated"
+        )
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from vlpserve.serve import Security, TritonServer, api_key_from
 
     security = Security(
         host=args.host,
+        http_host=args.http_host,
+        metrics_host=args.metrics_host,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         api_key=api_key_from(args.api_key_file),
         http=not args.no_http,
+        insecure=args.insecure,
     )
+    if args.openai_port:
+        _gateway_exposure(args.openai_host, security.api_key, args.insecure)
     server = TritonServer(
         args.repo,
         grpc_port=args.grpc_port,
@@ -192,10 +225,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
             ca = str(security.tls_ca or security.tls_cert) if security.tls else None
             options = GatewayOptions(triton=server.grpc_url, api_key=security.api_key, tls_ca=ca)
-            gateway = GatewayThread(options, args.host, args.openai_port).start()
-        print(f"gRPC     {server.grpc_url}{' (TLS)' if security.tls else ''}")
-        print(f"HTTP     {server.http_url if security.http else 'off'}")
-        print(f"metrics  {server.metrics_url}")
+            gateway = GatewayThread(options, args.openai_host, args.openai_port).start()
+        print(f"gRPC     {args.host}:{server.grpc_port}{' (TLS)' if security.tls else ''}")
+        http = f"{args.http_host}:{server.http_port} (plaintext)" if security.http else "off"
+        print(f"HTTP     {http}")
+        print(f"metrics  {args.metrics_host}:{server.metrics_port} (plaintext, no key)")
         print(f"OpenAI   {gateway.url if gateway else 'off'}")
         print(f"API key  {'required' if security.api_key else 'none'}")
         print("serving; Ctrl-C or SIGTERM stops", flush=True)
@@ -212,6 +246,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0 if code == 0 else 1
 
 
+# What KServe's Triton runtime (kserve-tritonserver) puts before an InferenceService's own
+# args, and the serve option each becomes.
+KSERVE_RUNTIME_OPTIONS = {
+    "--model-store": None,  # the repository folder: serve's positional argument
+    "--grpc-port": "--grpc-port",
+    "--http-port": "--http-port",
+    "--allow-grpc": "",  # gRPC is always served
+    "--allow-http": "",  # serve keeps HTTP, on loopback unless --http-host
+}
+
+
+def serve_argv_of_kserve(runtime_args: Sequence[str]) -> list[str]:
+    """``vlpserve serve`` arguments for what KServe runs: its runtime's ``tritonserver
+    --model-store=... --grpc-port=... ...`` followed by the InferenceService's args."""
+    rest = list(runtime_args)
+    if rest[:1] == ["tritonserver"]:
+        rest = rest[1:]
+    repo, options, own = None, [], []
+    for arg in rest:
+        name, sep, value = arg.partition("=")
+        if sep and name in KSERVE_RUNTIME_OPTIONS:
+            target = KSERVE_RUNTIME_OPTIONS[name]
+            if target is None:
+                repo = value
+            elif target:
+                options += [target, value]
+            continue
+        own.append(arg)
+    if repo is None:
+        raise ConfigError("expected KServe's tritonserver arguments with --model-store=FOLDER")
+    return ["serve", repo, *options, *own]
+
+
+def cmd_kserve(args: argparse.Namespace) -> int:
+    serve_args = parser().parse_args(serve_argv_of_kserve(args.runtime_args))
+    return cmd_serve(serve_args)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the server's HTTP health endpoint says ready (``--live``: live): the
+    Kubernetes exec probe, against the pod's loopback."""
+    import urllib.error
+    import urllib.request
+
+    what = "live" if args.live else "ready"
+    url = f"http://{args.host}:{args.http_port}/v2/health/{what}"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (OSError, ValueError) as exc:
+        print(f"vlpserve: not {what}: {url}: {exc}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"vlpserve: not {what}: {url} answered {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def cmd_openai(args: argparse.Namespace) -> int:
     from vlpserve.gateway.app import GatewayOptions
     from vlpserve.gateway.server import run
@@ -220,6 +314,7 @@ def cmd_openai(args: argparse.Namespace) -> int:
     options = GatewayOptions(
         triton=args.triton, api_key=api_key_from(args.api_key_file), tls_ca=args.tls_ca
     )
+    _gateway_exposure(args.host, options.api_key, args.insecure)
     print(f"OpenAI front door on http://{args.host}:{args.port}/v1 over {args.triton}", flush=True)
     run(options, args.host, args.port)
     return 0
@@ -405,7 +500,20 @@ def parser() -> argparse.ArgumentParser:
         "repo", help="a repository folder, or s3://host:port/bucket/prefix (AWS_* variables)"
     )
     serve.add_argument(
-        "--host", default="127.0.0.1", help="listening address (0.0.0.0: every interface)"
+        "--host", default="127.0.0.1", help="gRPC's listening address (0.0.0.0: every interface)"
+    )
+    serve.add_argument(
+        "--http-host", default="127.0.0.1", help="HTTP's address (plaintext: loopback unless set)"
+    )
+    serve.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="metrics' address (plaintext, no key: loopback unless set)",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow endpoints beyond loopback with neither an API key nor client certificates",
     )
     serve.add_argument("--grpc-port", type=int, default=8001)
     serve.add_argument("--http-port", type=int, default=8000)
@@ -435,7 +543,22 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"
     )
+    serve.add_argument("--openai-host", default="127.0.0.1", help="the front door's address")
     serve.set_defaults(func=cmd_serve)
+
+    kserve = sub.add_parser(
+        "kserve",
+        help="the InferenceService's command: KServe's tritonserver arguments, then serve's",
+    )
+    kserve.add_argument("runtime_args", nargs=argparse.REMAINDER)
+    kserve.set_defaults(func=cmd_kserve)
+
+    health = sub.add_parser("health", help="exit 0 when a server on this machine is ready")
+    health.add_argument("--host", default="127.0.0.1", help="where its HTTP endpoint listens")
+    health.add_argument("--http-port", type=int, default=8000)
+    health.add_argument("--live", action="store_true", help="live, not ready")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.set_defaults(func=cmd_health)
 
     env = sub.add_parser("env", help="versions, CUDA, which execution providers work and why")
     env.add_argument("--json", action="store_true")
@@ -468,6 +591,22 @@ def parser() -> argparse.ArgumentParser:
     k8s.add_argument("--mutual-tls", action="store_true", help="clients need certificates")
     k8s.add_argument("--api-key-secret", default=None, help="a Secret with key 'api-key'")
     k8s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="pods answer gRPC with neither an API key nor client certificates",
+    )
+    k8s.add_argument(
+        "--grpc-from",
+        default=None,
+        help="NetworkPolicy: gRPC only from pods with these labels (k=v,k2=v2; default: "
+        "any pod of the namespace)",
+    )
+    k8s.add_argument(
+        "--monitoring-namespace",
+        default="monitoring",
+        help="NetworkPolicy: metrics only from this namespace (Prometheus')",
+    )
+    k8s.add_argument(
         "--sizing-from", default=None, help="size from this folder instead of reading --repo"
     )
     k8s.add_argument("--endpoint-url", default=None, help="the store's URL, to read it here")
@@ -484,6 +623,9 @@ def parser() -> argparse.ArgumentParser:
         help="callers must present this key; sent to the server too (default: $VLPSERVE_API_KEY)",
     )
     openai.add_argument("--tls-ca", default=None, help="PEM: the server's gRPC is TLS")
+    openai.add_argument(
+        "--insecure", action="store_true", help="allow --host beyond loopback with no API key"
+    )
     openai.set_defaults(func=cmd_openai)
 
     check = sub.add_parser(

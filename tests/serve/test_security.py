@@ -51,14 +51,85 @@ def test_every_endpoint_listens_on_loopback_by_default(triton) -> None:
 
 
 def test_host_and_no_http(clip_repo: Path) -> None:
+    """--host moves gRPC alone: metrics (plaintext) stay on loopback unless named."""
     security = Security(host="127.0.0.2", http=False)
     with TritonServer(clip_repo, security=security) as server:
         assert server.grpc_url.startswith("127.0.0.2:")
         assert _listening(server.grpc_port) == {"127.0.0.2"}
-        assert _listening(server.metrics_port) == {"127.0.0.2"}
+        assert _listening(server.metrics_port) == {"127.0.0.1"}
         assert _listening(server.http_port) == set()  # --no-http: nothing listens
         with Client(server.grpc_url) as client:
             assert client.embed_texts(["on 127.0.0.2"]).shape == (1, 16)
+
+
+def test_each_endpoint_listens_where_it_is_told(clip_repo: Path) -> None:
+    security = Security(host="127.0.0.2", http_host="127.0.0.3", metrics_host="127.0.0.4")
+    with TritonServer(clip_repo, security=security) as server:
+        assert _listening(server.grpc_port) == {"127.0.0.2"}
+        assert _listening(server.http_port) == {"127.0.0.3"}
+        assert _listening(server.metrics_port) == {"127.0.0.4"}
+        assert server.http_url.startswith("127.0.0.3:")
+        assert server.metrics_url.startswith("http://127.0.0.4:")
+        ready = f"http://{server.http_url}/v2/health/ready"
+        assert urllib.request.urlopen(ready, timeout=5).status == 200
+        with urllib.request.urlopen(server.metrics_url, timeout=5) as response:
+            assert b"nv_inference" in response.read()
+
+
+@pytest.mark.parametrize(
+    ("options", "refused"),
+    [
+        ({"host": "0.0.0.0"}, "gRPC on 0.0.0.0"),
+        ({"host": "10.1.2.3", "tls": True}, "gRPC on 10.1.2.3"),  # TLS alone admits anyone
+        ({"http_host": "0.0.0.0", "tls": True, "mutual": True}, "HTTP on 0.0.0.0"),
+        ({"metrics_host": "0.0.0.0"}, "metrics on 0.0.0.0"),
+        ({"host": "::", "http_host": "0.0.0.0"}, "gRPC on :: and HTTP on 0.0.0.0"),
+        ({"host": "0.0.0.0", "api_key": KEY}, None),
+        ({"host": "0.0.0.0", "tls": True, "mutual": True, "metrics_host": "0.0.0.0"}, None),
+        ({"http_host": "0.0.0.0", "metrics_host": "0.0.0.0", "api_key": KEY}, None),
+        ({"host": "0.0.0.0", "http_host": "0.0.0.0", "insecure": True}, None),
+        ({"host": "127.0.0.5", "http_host": "localhost", "metrics_host": "::1"}, None),
+        ({"http_host": "0.0.0.0", "http": False}, None),  # no HTTP, nothing exposed
+    ],
+)
+def test_exposing_needs_a_key_or_client_certificates(
+    options: dict, refused: str | None, certificates
+) -> None:
+    options = dict(options)
+    if options.pop("tls", False):
+        options |= {"tls_cert": certificates["server_cert"], "tls_key": certificates["server_key"]}
+    if options.pop("mutual", False):
+        options["tls_ca"] = certificates["ca"]
+    if refused is None:
+        Security(**options)
+        return
+    with pytest.raises(ConfigError) as info:
+        Security(**options)
+    message = str(info.value)
+    assert message.startswith(refused) and "would answer anyone" in message
+    assert "--api-key-file" in message and "--insecure" in message
+
+
+def test_serve_refuses_an_open_exposure_and_starts_nothing(clip_repo: Path, capsys) -> None:
+    from vlpserve.cli import main
+
+    before = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
+    assert main(["serve", str(clip_repo), "--host", "0.0.0.0"]) == 1
+    assert "gRPC on 0.0.0.0 would answer anyone" in capsys.readouterr().err
+    argv = ["serve", str(clip_repo), "--openai-port", "1", "--openai-host", "0.0.0.0"]
+    assert main(argv) == 1
+    assert "front door on 0.0.0.0" in capsys.readouterr().err
+    assert main(["openai", "--triton", "127.0.0.1:1", "--host", "0.0.0.0"]) == 1
+    assert "--insecure" in capsys.readouterr().err
+    started = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()} - before
+    assert not any("tritonserver" in _comm(pid) for pid in started)
+
+
+def _comm(pid: str) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text()
+    except OSError:
+        return ""
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +150,8 @@ def test_api_key_is_required_and_never_retried(keyed, caplog) -> None:
             assert client.ready()  # health stays open, for probes
         assert time.monotonic() - started < 1.0 and "retrying" not in caplog.text
         assert KEY not in str(info.value) and "wrong-key" not in str(info.value)
-    assert KEY not in keyed.log_tail()
+    # The raw log, not log_tail() (which redacts): tritonserver's own lines too.
+    assert keyed.log_path.read_text(errors="replace") and KEY not in keyed.log_path.read_text()
 
     async def with_key() -> np.ndarray:
         async with AsyncClient(keyed.grpc_url, api_key=KEY) as client:
@@ -124,6 +196,49 @@ def test_models_cannot_be_loaded_or_unloaded_from_outside(keyed) -> None:
     assert refused.value.code == 403
     with Client(keyed.grpc_url, api_key=KEY) as client:
         assert client.ready() and client.embed_texts(["still served"]).shape == (1, 16)
+
+
+def test_what_no_caller_needs_is_closed_even_with_the_key(keyed) -> None:
+    """Shared memory (system and CUDA), trace and log settings answer the launcher alone:
+    the pip build's published CVEs (2025-23319/23320/23334) go through shared memory."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(keyed.grpc_url))
+    metadata = (("triton-grpc-protocol-authorization", f"Bearer {KEY}"),)
+    calls = {
+        "system shared memory": lambda: stub.SystemSharedMemoryStatus(
+            pb.SystemSharedMemoryStatusRequest(), timeout=10, metadata=metadata
+        ),
+        "register": lambda: stub.SystemSharedMemoryRegister(
+            pb.SystemSharedMemoryRegisterRequest(name="r", key="/triton_x", byte_size=64),
+            timeout=10,
+            metadata=metadata,
+        ),
+        "CUDA shared memory": lambda: stub.CudaSharedMemoryStatus(
+            pb.CudaSharedMemoryStatusRequest(), timeout=10, metadata=metadata
+        ),
+        "trace": lambda: stub.TraceSetting(pb.TraceSettingRequest(), timeout=10, metadata=metadata),
+        "logging": lambda: stub.LogSettings(pb.LogSettingsRequest(), timeout=10, metadata=metadata),
+    }
+    for name, call in calls.items():
+        with pytest.raises(grpc.RpcError) as info:
+            call()
+        assert "restricted" in info.value.details(), name
+    base = f"http://{keyed.http_url}"
+    for path in (
+        "/v2/systemsharedmemory/status",
+        "/v2/cudasharedmemory/status",
+        "/v2/trace/setting",
+        "/v2/logging",
+    ):
+        request = urllib.request.Request(base + path, headers={"authorization": f"Bearer {KEY}"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 403, path
+    # What callers use still answers them, and health answers anyone.
+    stats = stub.ModelStatistics(
+        pb.ModelStatisticsRequest(name="clip_text"), timeout=10, metadata=metadata
+    )
+    assert stats.model_stats
+    assert stub.ServerReady(pb.ServerReadyRequest(), timeout=10).ready
 
 
 def test_api_key_from_file_or_environment(tmp_path: Path) -> None:
