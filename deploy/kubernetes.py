@@ -4,14 +4,20 @@ Plain Kubernetes (``--format kubernetes``): a Deployment whose pods run ``vlpser
 on the repository's URL, a headless Service (every pod's address, for clients that spread
 their calls: ``Client("dns:///<name>-pods.<ns>.svc:8001")``), a ClusterIP Service, a
 PodDisruptionBudget, a HorizontalPodAutoscaler on queue pressure with the prometheus-adapter
-rule that makes the metric, and a ServiceMonitor for Prometheus. KServe (``--format kserve``):
-an InferenceService on KServe's Triton runtime.
+rule that makes the metric, a ServiceMonitor for Prometheus, and a NetworkPolicy (gRPC from
+the namespace or the pods a selector names, metrics from the monitoring namespace). Pods
+expose gRPC and metrics; HTTP, which has no TLS, stays on the pod's loopback, where the exec
+probes (``vlpserve health``) reach it. KServe (``--format kserve``): an InferenceService on
+KServe's Triton runtime, whose container runs ``vlpserve kserve``: the runtime's tritonserver
+arguments become ``vlpserve serve``'s, so the launcher's guards (model control closed, the API
+key, the stub watch and drain) hold there too.
 
 Every object is a plain dict, written as YAML, one file per object.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +35,7 @@ GRPC_PORT = 8001
 HTTP_PORT = 8000
 METRICS_PORT = 8002
 KSERVE_GRPC_PORT = 9000  # KServe's Triton runtime; the port must be named h2c
+KSERVE_HTTP_PORT = 8080  # the runtime's --http-port (kept on the pod's loopback)
 PRESTOP_S = 5  # endpoints drop the pod before it is told to stop
 TLS_DIR = "/etc/vlpserve/tls"
 KEY_DIR = "/etc/vlpserve/api-key"
@@ -38,6 +45,15 @@ COMPUTE_METRIC = "nv_inference_compute_infer_duration_us"
 PRESSURE_METRIC = "vlpserve_queue_compute_ratio"
 IMAGE = "vlpserve:latest"
 NGC_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"
+
+CONTAINER_SECURITY: Object = {
+    "runAsNonRoot": True,
+    "runAsUser": 1000,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+POD_SECURITY: Object = {"fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 class Format(StrEnum):
@@ -67,6 +83,9 @@ class DeployOptions:
     tls_secret: str | None = None  # a kubernetes.io/tls Secret (tls.crt, tls.key, ca.crt)
     mutual_tls: bool = False
     api_key_secret: str | None = None  # a Secret with the key under "api-key"
+    insecure: bool = False  # pods answer gRPC with neither a key nor client certificates
+    grpc_from: dict[str, str] = field(default_factory=dict)  # pod labels; {}: the namespace
+    monitoring_namespace: str = "monitoring"  # where Prometheus scrapes metrics from
     format: Format = Format.KUBERNETES
     labels: dict[str, str] = field(default_factory=dict)
 
@@ -79,8 +98,16 @@ class DeployOptions:
             raise ConfigError("gpus >= 0, grace >= 1 s and a positive target pressure")
         if self.mutual_tls and not self.tls_secret:
             raise ConfigError("mutual TLS needs --tls-secret (its ca.crt signs the clients)")
-        if self.format is Format.KSERVE and (self.tls_secret or self.api_key_secret):
-            raise ConfigError("KServe terminates TLS and checks callers at its ingress")
+        if self.format is Format.KSERVE and self.tls_secret:
+            raise ConfigError(
+                "KServe's Service speaks plaintext gRPC (h2c) to the pods: no --tls-secret "
+                "with --format kserve; --api-key-secret guards the calls"
+            )
+        if not (self.api_key_secret or self.mutual_tls or self.insecure):
+            raise ConfigError(
+                "the pods would answer gRPC from anyone who reaches them: add --api-key-secret, "
+                "or --tls-secret with --mutual-tls (client certificates), or --insecure"
+            )
 
     @property
     def selector(self) -> dict[str, str]:
@@ -122,6 +149,7 @@ def render(options: DeployOptions, shape: RepositoryShape) -> dict[str, Object]:
         "horizontalpodautoscaler.yaml": autoscaler(options),
         "prometheus-adapter-rules.yaml": adapter_rules(options),
         "servicemonitor.yaml": service_monitor(options),
+        "networkpolicy.yaml": network_policy(options),
     }
 
 
@@ -146,6 +174,8 @@ def _serve_args(options: DeployOptions, startup_s: int) -> list[str]:
         options.repo,
         "--host",
         "0.0.0.0",
+        "--metrics-host",
+        "0.0.0.0",
         "--grpc-port",
         str(GRPC_PORT),
         "--http-port",
@@ -165,7 +195,16 @@ def _serve_args(options: DeployOptions, startup_s: int) -> list[str]:
             args += ["--tls-ca", f"{TLS_DIR}/ca.crt"]
     if options.api_key_secret:
         args += ["--api-key-file", f"{KEY_DIR}/{KEY_FILE}"]
+    if options.insecure:
+        args.append("--insecure")
     return args
+
+
+def health_probe(port: int = HTTP_PORT, *, live: bool = False) -> Object:
+    """An exec probe: ``vlpserve health`` asks HTTP on the pod's loopback (HTTP is never
+    exposed; gRPC may need client certificates that a kubelet gRPC probe cannot present)."""
+    command = ["vlpserve", "health", "--http-port", str(port)]
+    return {"exec": {"command": [*command, "--live"] if live else command}, "timeoutSeconds": 5}
 
 
 def deployment(options: DeployOptions, shape: RepositoryShape) -> Object:
@@ -183,16 +222,9 @@ def deployment(options: DeployOptions, shape: RepositoryShape) -> Object:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret}})
     if options.api_key_secret:
-        mounts.append({"name": "api-key", "mountPath": KEY_DIR, "readOnly": True})
-        volumes.append(
-            {
-                "name": "api-key",
-                "secret": {
-                    "secretName": options.api_key_secret,
-                    "items": [{"key": KEY_FILE, "path": KEY_FILE}],
-                },
-            }
-        )
+        volume, mount = _api_key_volume(options)
+        volumes.append(volume)
+        mounts.append(mount)
     container: Object = {
         "name": "vlpserve",
         "image": options.image,
@@ -201,40 +233,26 @@ def deployment(options: DeployOptions, shape: RepositoryShape) -> Object:
         "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT, "protocol": "TCP"},
-            {"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         "startupProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            **health_probe(),
             "periodSeconds": 10,
             "failureThreshold": math.ceil(startup_s / 10),
         },
-        "readinessProbe": {
-            "httpGet": {"path": "/v2/health/ready", "port": "http"},
-            "periodSeconds": 5,
-            "failureThreshold": 2,
-        },
-        "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
-            "periodSeconds": 10,
-            "failureThreshold": 3,
-        },
+        "readinessProbe": {**health_probe(), "periodSeconds": 5, "failureThreshold": 2},
+        "livenessProbe": {**health_probe(live=True), "periodSeconds": 10, "failureThreshold": 3},
         "lifecycle": {"preStop": {"exec": {"command": ["sleep", str(PRESTOP_S)]}}},
         "resources": _resources(options, shape),
         "volumeMounts": mounts,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "allowPrivilegeEscalation": False,
-            "readOnlyRootFilesystem": True,
-            "capabilities": {"drop": ["ALL"]},
-        },
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     if options.aws_secret:
         container["envFrom"] = [{"secretRef": {"name": options.aws_secret}}]
     pod_spec: Object = {
         "terminationGracePeriodSeconds": termination_grace_s(options.grace_s),
-        "securityContext": {"fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "automountServiceAccountToken": False,
         "containers": [container],
         "volumes": volumes,
     }
@@ -260,7 +278,7 @@ def deployment(options: DeployOptions, shape: RepositoryShape) -> Object:
 
 
 def _service_ports(names: Sequence[str]) -> list[Object]:
-    ports = {"grpc": GRPC_PORT, "http": HTTP_PORT, "metrics": METRICS_PORT}
+    ports = {"grpc": GRPC_PORT, "metrics": METRICS_PORT}
     found = []
     for name in names:
         port: Object = {"name": name, "port": ports[name], "targetPort": name, "protocol": "TCP"}
@@ -279,7 +297,7 @@ def service(options: DeployOptions) -> Object:
         "spec": {
             "type": "ClusterIP",
             "selector": dict(options.selector),
-            "ports": _service_ports(["grpc", "http", "metrics"]),
+            "ports": _service_ports(["grpc", "metrics"]),
         },
     }
 
@@ -396,6 +414,32 @@ def service_monitor(options: DeployOptions) -> Object:
     }
 
 
+def network_policy(options: DeployOptions) -> Object:
+    """Ingress to the pods: gRPC from the namespace's pods (or those ``grpc_from`` names),
+    metrics from the monitoring namespace; nothing else (HTTP is on the pods' loopback)."""
+    grpc_peer: Object = {"podSelector": {"matchLabels": dict(options.grpc_from)}}
+    monitoring = {"kubernetes.io/metadata.name": options.monitoring_namespace}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": options.metadata(),
+        "spec": {
+            "podSelector": {"matchLabels": dict(options.selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {
+                    "from": [grpc_peer],
+                    "ports": [{"port": "grpc", "protocol": "TCP"}],
+                },
+                {
+                    "from": [{"namespaceSelector": {"matchLabels": monitoring}}],
+                    "ports": [{"port": "metrics", "protocol": "TCP"}],
+                },
+            ],
+        },
+    }
+
+
 def kserve_storage_uri(repo: str) -> str:
     """KServe's spelling of the repository: the endpoint moves to the storage secret."""
     if repo.startswith("s3://"):
@@ -404,37 +448,76 @@ def kserve_storage_uri(repo: str) -> str:
     return repo
 
 
+def _api_key_volume(options: DeployOptions) -> tuple[Object, Object]:
+    """The API key Secret's volume and its read-only mount where ``serve`` reads it."""
+    volume = {
+        "name": "api-key",
+        "secret": {
+            "secretName": options.api_key_secret,
+            "items": [{"key": KEY_FILE, "path": KEY_FILE}],
+        },
+    }
+    return volume, {"name": "api-key", "mountPath": KEY_DIR, "readOnly": True}
+
+
 def inference_service(options: DeployOptions, shape: RepositoryShape) -> Object:
-    """KServe's InferenceService on its Triton runtime (the v2 protocol); the pods run our
-    image, whose Python packages the Python-backend models import."""
+    """KServe's InferenceService on its Triton runtime (the v2 protocol). The pods run our
+    image with ``vlpserve kserve`` as the command: KServe appends these args to its runtime's
+    (``tritonserver --model-store=/mnt/models --grpc-port=9000 --http-port=8080 ...``), and
+    the command turns them into ``vlpserve serve /mnt/models ...``: gRPC on the pod's
+    address, HTTP on its loopback (the exec probes), model control closed."""
     startup_s = options.startup_s or shape.startup_seconds(options.gpus)
+    args = [
+        "--host",
+        "0.0.0.0",
+        "--grace-seconds",
+        str(options.grace_s),
+        "--startup-timeout",
+        str(startup_s),
+        "--tritonserver",
+        NGC_TRITONSERVER,
+    ]
+    mounts: list[Object] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    volumes: list[Object] = [_shm_volume(options, shape), {"name": "tmp", "emptyDir": {}}]
+    if options.api_key_secret:
+        args += ["--api-key-file", f"{KEY_DIR}/{KEY_FILE}"]
+        volume, mount = _api_key_volume(options)
+        volumes.append(volume)
+        mounts.append(mount)
+    if options.insecure:
+        args.append("--insecure")
+    probe = health_probe(KSERVE_HTTP_PORT)
     model: Object = {
         "modelFormat": {"name": "triton"},
         "protocolVersion": "v2",
         "runtime": "kserve-tritonserver",
         "storageUri": kserve_storage_uri(options.repo),
         "image": options.image,
-        "args": [
-            f"--exit-timeout-secs={options.grace_s}",
-            "--model-control-mode=explicit",
-            "--load-model=*",
-            "--strict-readiness=true",
-        ],
+        "command": ["vlpserve", "kserve"],
+        "args": args,
+        "env": [{"name": "HOME", "value": "/tmp"}],
         "ports": [{"name": "h2c", "containerPort": KSERVE_GRPC_PORT, "protocol": "TCP"}],
         "resources": _resources(options, shape),
-        "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": mounts,
         "startupProbe": {
-            "tcpSocket": {"port": KSERVE_GRPC_PORT},
+            **probe,
             "periodSeconds": 10,
             "failureThreshold": math.ceil(startup_s / 10),
         },
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 2},
+        "securityContext": copy.deepcopy(CONTAINER_SECURITY),
     }
     predictor: Object = {
         "minReplicas": options.replicas,
         "maxReplicas": options.max_replicas,
         "terminationGracePeriodSeconds": termination_grace_s(options.grace_s),
+        "securityContext": copy.deepcopy(POD_SECURITY),
+        "automountServiceAccountToken": False,
         "model": model,
-        "volumes": [_shm_volume(options, shape)],
+        "volumes": volumes,
     }
     if options.service_account:
         predictor["serviceAccountName"] = options.service_account

@@ -69,3 +69,35 @@ def test_export_command_imports_no_client_or_bench() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def _docker_ignores(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore's ``patterns`` leave ``path`` out of the build context (the
+    path, or a folder above it, matches; ``**/`` also matches no folder)."""
+    import fnmatch
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        candidates = {pattern, pattern.removeprefix("**/")}
+        if any(fnmatch.fnmatchcase(p, c) for p in prefixes for c in candidates):
+            return True
+    return False
+
+
+def test_the_image_build_context_leaves_out_secrets_and_environments() -> None:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    for left_out in (
+        ".git/config",
+        ".venv/lib/python3.11/site-packages/numpy/__init__.py",
+        ".venv-client/bin/python",
+        "build/bench/export-clip/text_encoder.onnx",
+        "build/tls/server_key.pem",
+        "tests/data/client.key",
+        "vlpserve.egg-info/PKG-INFO",
+        "serve/__pycache__/launcher.cpython-311.pyc",
+    ):
+        assert _docker_ignores(left_out, patterns), left_out
+    for kept in ("pyproject.toml", "serve/launcher.py", "deploy/Dockerfile", "README.md"):
+        assert not _docker_ignores(kept, patterns), kept

@@ -34,6 +34,9 @@ REPO_URL = "s3://minio.storage.svc:9000/models/prod"
 
 
 def _objects(repo: Path, **options: Any) -> dict[str, dict[str, Any]]:
+    """Rendered objects; an API key unless the test names how callers are checked."""
+    if not any(options.get(k) for k in ("api_key_secret", "mutual_tls", "insecure")):
+        options["api_key_secret"] = "vlpserve-key"
     return render(DeployOptions(repo=REPO_URL, **options), inspect(repo))
 
 
@@ -88,6 +91,7 @@ def test_every_object_is_valid_for_kubernetes(clip_repo: Path) -> None:
         "HorizontalPodAutoscaler",
         "ConfigMap",
         "ServiceMonitor",
+        "NetworkPolicy",
     }
     services = [o for o in objects.values() if o["kind"] == "Service"]
     assert sorted(s["spec"].get("clusterIP", "") for s in services) == ["", "None"]
@@ -117,6 +121,10 @@ def test_validation_is_strict(clip_repo: Path) -> None:
 
 def test_kserve_inference_service(clip_repo: Path) -> None:
     objects = _objects(clip_repo, format=Format.KSERVE, gpus=1, service_account="s3-reader")
+    with pytest.raises(ConfigError, match="h2c"):
+        DeployOptions(repo=REPO_URL, format=Format.KSERVE, tls_secret="t", mutual_tls=True)
+    with pytest.raises(ConfigError, match="anyone"):
+        DeployOptions(repo=REPO_URL, format=Format.KSERVE)
     (service,) = objects.values()
     _kserve_validator().validate(service)
     predictor = service["spec"]["predictor"]
@@ -128,10 +136,86 @@ def test_kserve_inference_service(clip_repo: Path) -> None:
     assert [p["name"] for p in model["ports"]] == ["h2c"]
     assert model["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert predictor["serviceAccountName"] == "s3-reader"
-    (mount,) = model["volumeMounts"]
-    (volume,) = predictor["volumes"]
-    assert (mount["name"], mount["mountPath"]) == (volume["name"], "/dev/shm")
-    assert volume["emptyDir"]["medium"] == "Memory"
+    mounts = {m["name"]: m["mountPath"] for m in model["volumeMounts"]}
+    volumes = {v["name"]: v for v in predictor["volumes"]}
+    assert set(mounts) == set(volumes) == {"dshm", "tmp", "api-key"}
+    assert mounts["dshm"] == "/dev/shm" and volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    _, container = _pod(_objects(clip_repo))  # the Deployment's pod: the same guards
+    assert model["securityContext"] == container["securityContext"]
+    assert predictor["automountServiceAccountToken"] is False
+    assert model["command"] == ["vlpserve", "kserve"]
+
+
+# KServe's Triton runtime (config/runtimes/kserve-tritonserver.yaml, ClusterServingRuntime
+# kserve-tritonserver): its container's args. KServe merges an InferenceService's container
+# into it (MergeRuntimeContainers): the command is the InferenceService's, the args are the
+# runtime's followed by the InferenceService's.
+KSERVE_RUNTIME_ARGS = [
+    "tritonserver",
+    "--model-store=/mnt/models",
+    "--grpc-port=9000",
+    "--http-port=8080",
+    "--allow-grpc=true",
+    "--allow-http=true",
+]
+
+
+def test_kserve_pod_runs_as_kserve_merges_it(clip_repo: Path, tmp_path: Path) -> None:
+    """The command and args KServe's pod would run, run here (a local folder standing for
+    /mnt/models, 127.0.0.2 for the pod's address, free ports): it serves, the probes pass,
+    the API key guards the calls and nobody can unload a model."""
+    import subprocess
+    import sys
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+    from tritonclient.grpc import service_pb2_grpc
+
+    from tests.serve.helpers import Serve
+    from vlpserve.client import AuthenticationError
+    from vlpserve.serve import free_port
+
+    (service,) = _objects(clip_repo, format=Format.KSERVE, api_key_secret="key").values()
+    model = service["spec"]["predictor"]["model"]
+    command = [*model["command"], *KSERVE_RUNTIME_ARGS, *model["args"]]
+    key_file = tmp_path / "api-key"
+    key_file.write_text("kserve-key\n")
+    grpc_port, http_port = free_port(), free_port()
+    here = {
+        "--model-store=/mnt/models": f"--model-store={clip_repo}",
+        "--grpc-port=9000": f"--grpc-port={grpc_port}",
+        "--http-port=8080": f"--http-port={http_port}",
+        "0.0.0.0": "127.0.0.2",
+        f"{k8s.KEY_DIR}/{k8s.KEY_FILE}": str(key_file),
+        str(k8s.KSERVE_HTTP_PORT): str(http_port),
+    }
+    command = [here.get(a, a) for a in command]
+    at = command.index("--tritonserver")  # the image's binary; here the embedded one
+    del command[at : at + 2]
+    assert command[0] == "vlpserve"
+    with Serve(None, *command[1:], "--metrics-port", str(free_port())) as serve:
+        serve.wait_for("serving;")
+        for probe in ("startupProbe", "readinessProbe"):
+            probe_command = [here.get(a, a) for a in model[probe]["exec"]["command"]]
+            run = [sys.executable, "-m", "vlpserve", *probe_command[1:]]
+            done = subprocess.run(run, capture_output=True, timeout=30)
+            assert done.returncode == 0, (probe, done.stderr)
+        url = f"127.0.0.2:{grpc_port}"
+        with Client(url, api_key="kserve-key") as client:
+            assert client.embed_texts(["through KServe's command"]).shape == (1, 16)
+        with Client(url, retries=0) as client, pytest.raises(AuthenticationError):
+            client.embed_texts(["no key"])
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(url))
+        metadata = (("triton-grpc-protocol-authorization", "Bearer kserve-key"),)
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RepositoryModelUnload(
+                pb.RepositoryModelUnloadRequest(model_name="clip_text"),
+                timeout=10,
+                metadata=metadata,
+            )
+        assert "restricted" in info.value.details()
+        with pytest.raises(OSError):  # HTTP stays on the pod's loopback
+            urllib.request.urlopen(f"http://127.0.0.2:{http_port}/v2/health/ready", timeout=5)
 
 
 def _pod(objects: dict[str, dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -147,9 +231,13 @@ def test_ports_selectors_and_grace(clip_repo: Path) -> None:
     objects = _objects(clip_repo, grace_s=40)
     template, container = _pod(objects)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    args = container["args"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        port = container[probe]["httpGet"]["port"]
-        assert port in ports or port in ports.values(), probe
+        command = container[probe]["exec"]["command"]
+        assert command[:2] == ["vlpserve", "health"], probe
+        # the port the server's HTTP listens on, on the pod's loopback (never exposed)
+        assert command[command.index("--http-port") + 1] == args[args.index("--http-port") + 1]
+    assert "--http-host" not in args and "http" not in ports
     labels = template["metadata"]["labels"]
     deployment = objects["deployment.yaml"]
     assert _matches(deployment["spec"]["selector"]["matchLabels"], labels)
@@ -170,7 +258,6 @@ def test_ports_selectors_and_grace(clip_repo: Path) -> None:
 
     # The pod outlives the server's own stop: pre-stop pause, generation drained (up to
     # 0.75 of the grace), in-flight requests (the grace), and the launcher's 15 s margin.
-    args = container["args"]
     grace = float(args[args.index("--grace-seconds") + 1])
     assert grace == 40
     pre_stop = int(container["lifecycle"]["preStop"]["exec"]["command"][-1])
@@ -208,6 +295,91 @@ def test_secrets_are_mounted_where_the_server_reads_them(clip_repo: Path) -> Non
         DeployOptions(repo=REPO_URL, mutual_tls=True)
 
 
+def test_pods_are_not_open_by_default(clip_repo: Path) -> None:
+    with pytest.raises(ConfigError, match="anyone who reaches them") as info:
+        DeployOptions(repo=REPO_URL)
+    assert "--api-key-secret" in str(info.value) and "--insecure" in str(info.value)
+    with pytest.raises(ConfigError, match="anyone"):  # TLS without client certificates
+        DeployOptions(repo=REPO_URL, tls_secret="tls")
+    _, container = _pod(_objects(clip_repo, insecure=True))
+    assert "--insecure" in container["args"]
+    _, container = _pod(_objects(clip_repo, tls_secret="tls", mutual_tls=True))
+    assert "--insecure" not in container["args"] and "--tls-ca" in container["args"]
+
+
+def test_network_policy(clip_repo: Path) -> None:
+    objects = _objects(clip_repo, grpc_from={"app": "search"}, monitoring_namespace="prom")
+    policy = objects["networkpolicy.yaml"]
+    assert kubernetes_validate.validate(policy, K8S_VERSION, strict=True)
+    template, container = _pod(objects)
+    assert _matches(policy["spec"]["podSelector"]["matchLabels"], template["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    rules = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(rules) == {"grpc", "metrics"} <= {p["name"] for p in container["ports"]}
+    assert rules["grpc"] == [{"podSelector": {"matchLabels": {"app": "search"}}}]
+    namespace = {"kubernetes.io/metadata.name": "prom"}
+    assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": namespace}}]
+    default = _objects(clip_repo)["networkpolicy.yaml"]["spec"]["ingress"][0]["from"]
+    assert default == [{"podSelector": {"matchLabels": {}}}]  # any pod of the namespace
+    service_ports = {p["name"] for p in objects["service.yaml"]["spec"]["ports"]}
+    assert service_ports == {"grpc", "metrics"}  # HTTP is not published
+
+
+def test_the_rendered_pod_serves_as_rendered(clip_repo: Path, certificates, tmp_path: Path) -> None:
+    """The container's args, run here as the pod runs them (the repository a local folder,
+    the Secrets' files the test's certificates and key, 127.0.0.2 standing for the pod's
+    address, free ports): the exec probes pass, gRPC answers a client certificate and the
+    key on the pod's address, metrics answer there, HTTP does not leave loopback."""
+    import subprocess
+    import sys
+
+    from tests.serve.helpers import Serve
+    from vlpserve.serve import free_port
+
+    objects = _objects(clip_repo, tls_secret="tls", mutual_tls=True, api_key_secret="key")
+    _, container = _pod(objects)
+    key_file = tmp_path / "api-key"
+    key_file.write_text("rendered-key\n")
+    ports = {str(k8s.GRPC_PORT): free_port(), str(k8s.HTTP_PORT): free_port()}
+    ports[str(k8s.METRICS_PORT)] = free_port()
+    here = {
+        REPO_URL: str(clip_repo),
+        "0.0.0.0": "127.0.0.2",
+        f"{k8s.TLS_DIR}/tls.crt": str(certificates["server_cert"]),
+        f"{k8s.TLS_DIR}/tls.key": str(certificates["server_key"]),
+        f"{k8s.TLS_DIR}/ca.crt": str(certificates["ca"]),
+        f"{k8s.KEY_DIR}/{k8s.KEY_FILE}": str(key_file),
+        **{k: str(v) for k, v in ports.items()},
+    }
+    args = [here.get(a, a) for a in container["args"]]
+    at = args.index("--tritonserver")  # the image's binary; here the embedded one
+    del args[at : at + 2]
+    assert args[0] == "serve"
+    with Serve(Path(args[1]), *args[2:]) as serve:
+        serve.wait_for("serving;")
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = [here.get(a, a) for a in container[probe]["exec"]["command"]]
+            run = [sys.executable, "-m", "vlpserve", *command[1:]]
+            done = subprocess.run(run, capture_output=True, timeout=30)
+            assert done.returncode == 0, (probe, done.stderr)
+        grpc_port, http_port = ports[str(k8s.GRPC_PORT)], ports[str(k8s.HTTP_PORT)]
+        url = f"127.0.0.2:{grpc_port}"
+        identity = {"tls_cert": certificates["client_cert"], "tls_key": certificates["client_key"]}
+        with Client(url, tls_ca=certificates["ca"], api_key="rendered-key", **identity) as c:
+            assert c.embed_texts(["from the pod's address"]).shape == (1, 16)
+        metrics = f"http://127.0.0.2:{ports[str(k8s.METRICS_PORT)]}/metrics"
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            assert b"nv_inference_count" in response.read()
+        with pytest.raises(OSError):  # the pod's address: HTTP is not there
+            urllib.request.urlopen(f"http://127.0.0.2:{http_port}/v2/health/ready", timeout=5)
+        stopped = subprocess.run(
+            [sys.executable, "-m", "vlpserve", "health", "--http-port", str(free_port())],
+            capture_output=True,
+            timeout=30,
+        )
+        assert stopped.returncode == 1 and b"not ready" in stopped.stderr  # the probe can fail
+
+
 def _shm_in_use(server_pid: int) -> dict[str, int]:
     """Bytes of the Python backend's shared-memory regions each model's stubs map."""
     found: dict[str, int] = {}
@@ -231,7 +403,7 @@ def test_dev_shm_covers_what_a_real_server_uses(clip_repo: Path) -> None:
     the repository: the region each model's stubs grew fits that model's share, the total
     fits the rendered /dev/shm with room to spare, and the memory limit holds it besides."""
     shape = inspect(clip_repo)
-    objects = render(DeployOptions(repo=REPO_URL), shape)
+    objects = render(DeployOptions(repo=REPO_URL, insecure=True), shape)
     template, container = _pod(objects)
     (shm,) = [v for v in template["spec"]["volumes"] if v["name"] == "dshm"]
     assert shm["emptyDir"]["medium"] == "Memory"
@@ -275,9 +447,15 @@ def test_autoscaling_metrics_are_ones_tritonserver_exports(clip_repo: Path, trit
 
 def test_cli_writes_the_files(clip_repo: Path, tmp_path: Path) -> None:
     argv = ["deploy", "kubernetes", "--repo", REPO_URL, "--sizing-from", str(clip_repo)]
+    assert main([*argv, "--out", str(tmp_path / "open")]) == 1  # no key, no certificates
+    assert not (tmp_path / "open").exists()
+    argv += ["--api-key-secret", "key", "--grpc-from", "app=search,tier=web"]
     assert main([*argv, "--out", str(tmp_path / "k8s"), "--replicas", "3", "--gpus", "1"]) == 0
     files = sorted(p.name for p in (tmp_path / "k8s").iterdir())
-    assert "deployment.yaml" in files and len(files) == 7
+    assert "deployment.yaml" in files and len(files) == 8
+    policy = yaml.safe_load((tmp_path / "k8s" / "networkpolicy.yaml").read_text())
+    grpc_from = policy["spec"]["ingress"][0]["from"][0]["podSelector"]["matchLabels"]
+    assert grpc_from == {"app": "search", "tier": "web"}
     deployment = yaml.safe_load((tmp_path / "k8s" / "deployment.yaml").read_text())
     assert deployment["spec"]["replicas"] == 3
     limits = deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]

@@ -39,11 +39,19 @@ def alive(pid: int) -> bool:
 class Serve:
     """``python -m vlpserve serve <repo> ...`` with free ports; a context manager."""
 
-    def __init__(self, repo: Path, *options: str) -> None:
+    def __init__(self, repo: Path | None, *options: str) -> None:
+        """``repo`` None: ``options`` are the whole command line after ``vlpserve``."""
         self.grpc_port, self.http_port, self.metrics_port = free_port(), free_port(), free_port()
-        command = [sys.executable, "-m", "vlpserve", "serve", str(repo)]
-        command += ["--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port)]
-        command += ["--metrics-port", str(self.metrics_port), *options]
+        command = [sys.executable, "-m", "vlpserve"]
+        if repo is not None:
+            command += ["serve", str(repo), "--grpc-port", str(self.grpc_port)]
+            command += [
+                "--http-port",
+                str(self.http_port),
+                "--metrics-port",
+                str(self.metrics_port),
+            ]
+        command += options
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in __exit__
         self.process = subprocess.Popen(
             command,

@@ -104,6 +104,6 @@ def test_deploy_sizes_from_the_store(s3, store: str, clip_repo: Path, tmp_path: 
     push(clip_repo, "s3://deploy/v1", endpoint_url=store)
     url = f"s3://{store.removeprefix('http://')}/deploy/v1"
     assert inspect(url) == inspect(clip_repo)
-    assert main(["deploy", "kubernetes", "--repo", url, "--out", str(tmp_path)]) == 0
+    assert main(["deploy", "kubernetes", "--repo", url, "--out", str(tmp_path), "--insecure"]) == 0
     assert (tmp_path / "deployment.yaml").is_file()
     assert main(["deploy", "kubernetes", "--repo", f"{url}-missing", "--out", str(tmp_path)]) == 1
