@@ -85,6 +85,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
                 max_image_bytes=args.max_image_bytes,
                 max_image_pixels=args.max_image_pixels,
                 max_text_bytes=args.max_text_bytes,
+                image_formats=args.image_formats,
             ),
         )
     )
@@ -485,6 +486,11 @@ def parser() -> argparse.ArgumentParser:
         "--max-image-pixels", type=int, default=40_000_000, help="per image, from its header"
     )
     build.add_argument("--max-text-bytes", type=int, default=65_536, help="per text (UTF-8)")
+    build.add_argument(
+        "--image-formats",
+        default="JPEG,PNG,WEBP,GIF,BMP",
+        help="the image formats accepted (PIL's names, comma-separated); others are refused",
+    )
     build.set_defaults(func=cmd_repo_build)
     push = repo_sub.add_parser("push", help="upload a repository to object storage (S3)")
     push.add_argument("repo", type=Path)

@@ -85,22 +85,35 @@ class ImagePreprocessing:
             raise InputItemError(
                 index, f"image is {len(data)} bytes, over the limit of {limits.max_image_bytes}"
             )
+        # PIL's own bomb guard speaks before our check of the header: it must use the
+        # same limit (its default, 89.5 Mpx, would refuse a higher one and name it wrong).
+        Image.MAX_IMAGE_PIXELS = limits.max_image_pixels
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                image: Image.Image = Image.open(io.BytesIO(data))  # reads the header only
+                # Only the accepted formats' decoders are tried; the header alone is read.
+                image: Image.Image = Image.open(io.BytesIO(data), formats=limits.formats)
                 self._check_size(image, index)
                 image.load()  # decodes fully: truncated data fails here
         except InputItemError:
             raise
         except Image.UnidentifiedImageError as exc:
+            found = format_of(data)
+            if found and found not in limits.formats:
+                raise InputItemError(
+                    index,
+                    f"image format {found} is not accepted (accepted: "
+                    f"{', '.join(limits.formats)}; repo build --image-formats)",
+                ) from exc
             raise InputItemError(
-                index, f"cannot decode image ({len(data)} bytes): not a known image format"
+                index,
+                f"cannot decode image ({len(data)} bytes): not one of the accepted formats "
+                f"({', '.join(limits.formats)})",
             ) from exc
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            # PIL's own guard (at twice its limit) speaks before the header is ours to read.
-            found = re.search(r"\((\d+) pixels\)", str(exc))
-            size = f"{found.group(1)} pixels" if found else "too many pixels"
+            # PIL's guard (the limit: a warning; twice it: an error) speaks before our check.
+            pixels = re.search(r"\((\d+) pixels\)", str(exc))
+            size = f"{pixels.group(1)} pixels" if pixels else "too many pixels"
             raise InputItemError(
                 index, f"image is {size}, over the limit of {limits.max_image_pixels}"
             ) from exc
@@ -185,6 +198,20 @@ class ImagePreprocessing:
     def preprocess(self, data: bytes, index: int) -> np.ndarray:
         """Decode and preprocess one encoded image."""
         return self(self.decode(data, index))
+
+
+def format_of(data: bytes) -> str | None:
+    """The format PIL would take ``data`` for, from its first bytes alone (each format's
+    signature check; no decoder runs), or None."""
+    Image.init()
+    prefix = data[:16]
+    for name, (_, accept) in Image.OPEN.items():
+        try:
+            if accept is not None and accept(prefix):
+                return str(name)
+        except Exception:  # a signature check that cannot read these bytes: not this one
+            continue
+    return None
 
 
 def _center_crop(pixels: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -76,6 +76,9 @@ class ModelParams:
 
 
 TRANSPARENT_TO = ("white", "ignore")
+# What users upload: PIL knows some 40 formats (TIFF, ICO, PPM, TGA, SGI, DDS, JPEG 2000;
+# EPS runs Ghostscript), each a decoder an attacker may aim at. PIL's names, comma-separated.
+IMAGE_FORMATS = "JPEG,PNG,WEBP,GIF,BMP"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +91,7 @@ class InputLimits(ModelParams):
     max_image_pixels: int = 40_000_000
     min_image_side: int = 8  # a 1x1 or 2x2 "image" is a mistake, not a photo
     max_text_bytes: int = 65_536  # longer texts are mistakes: they are truncated anyway
+    image_formats: str = IMAGE_FORMATS  # the only decoders PIL may use
     # What transparent pixels become in RGB: "white", composited onto white as transformers
     # 5's image processors do; "ignore", the alpha dropped and the colour beneath kept, as
     # 4.x's did. repo build takes the convention of the transformers the export was made with.
@@ -100,6 +104,18 @@ class InputLimits(ModelParams):
             raise ValueError("max_text_bytes must be >= 1")
         if self.transparent_to not in TRANSPARENT_TO:
             raise ValueError(f"transparent_to is one of {TRANSPARENT_TO}")
+        from PIL import Image
+
+        Image.init()
+        unknown = [f for f in self.formats if f not in Image.OPEN]
+        if not self.formats or unknown:
+            known = ", ".join(sorted(Image.OPEN))
+            raise ValueError(f"image formats {unknown or '(none)'}: PIL knows {known}")
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        """``image_formats`` as PIL's format names."""
+        return tuple(f.strip().upper() for f in self.image_formats.split(",") if f.strip())
 
     @property
     def limits(self) -> InputLimits:

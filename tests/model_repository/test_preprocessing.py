@@ -84,6 +84,48 @@ def test_decode_errors_name_the_item(steps, data: bytes, reason: str) -> None:
         steps.preprocess(data, 3)
 
 
+@pytest.mark.parametrize(
+    "fmt", ["TIFF", "ICO", "PPM", "SGI", "PCX", "DDS", "JPEG2000", "EPS", "QOI"]
+)
+def test_formats_users_do_not_upload_are_refused_by_name(steps, fmt: str) -> None:
+    """PIL opens some 40 formats; only the accepted ones' decoders may run (EPS would run
+    Ghostscript where it is installed)."""
+    data = _encode(Image.new("RGB", (64, 64), "red"), fmt)
+    with pytest.raises(InputItemError, match=f"item 2: image format {fmt} is not accepted"):
+        steps.preprocess(data, 2)
+
+
+def test_accepted_formats_are_configurable(clip_export: Path, steps) -> None:
+    from vlpserve.model_repository.runtime.params import InputLimits
+
+    image = Image.new("RGB", (64, 64), "red")
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP"):  # the default set
+        assert steps.preprocess(_encode(image, fmt), 0).shape == (3, 224, 224), fmt
+    config = clip_export / "preprocessor" / "preprocessor_config.json"
+    tiff_too = ImagePreprocessing.from_file(config, limits=InputLimits(image_formats="png,tiff"))
+    assert tiff_too.preprocess(_encode(image, "TIFF"), 0).shape == (3, 224, 224)
+    with pytest.raises(InputItemError, match="image format JPEG is not accepted"):
+        tiff_too.preprocess(_encode(image, "JPEG"), 0)
+    with pytest.raises(InputItemError, match=r"not one of the accepted formats \(PNG, TIFF\)"):
+        tiff_too.preprocess(b"\x00" * 64, 0)
+    with pytest.raises(ValueError, match="NOPE"):
+        InputLimits(image_formats="PNG,NOPE")
+
+
+def test_the_pixel_limit_is_the_one_given(clip_export: Path) -> None:
+    """Above PIL's own guard (89.5 Mpx) the user's limit holds, and the refusal names it."""
+    from vlpserve.model_repository.runtime.params import InputLimits
+
+    config = clip_export / "preprocessor" / "preprocessor_config.json"
+    data = _encode(Image.new("1", (10000, 10000)), "PNG")  # 100 Mpx in a few KB
+    high = ImagePreprocessing.from_file(config, limits=InputLimits(max_image_pixels=150_000_000))
+    assert high.decode(data, 0).size == (10000, 10000)
+    low = ImagePreprocessing.from_file(config, limits=InputLimits(max_image_pixels=50_000_000))
+    with pytest.raises(InputItemError, match="100000000 pixels, over the limit of 50000000"):
+        low.decode(data, 0)
+    assert high.decode(data, 0).size == (10000, 10000)  # each its own limit
+
+
 def test_truncated_and_tiny_images(steps, photos) -> None:
     jpeg = photos["rocket.jpg"]
     with pytest.raises(InputItemError, match="item 0: cannot decode"):

@@ -97,6 +97,10 @@ def test_every_limit_names_the_item_and_the_limit(triton, photos) -> None:
         assert expected in str(info.value)
         with pytest.raises(InvalidInput, match="IMAGE item 0: image is 9000x8: resized to"):
             client.embed_images([wide])
+        tiff = io.BytesIO()
+        Image.new("RGB", (64, 64)).save(tiff, format="TIFF")
+        with pytest.raises(InvalidInput, match="IMAGE item 1: image format TIFF is not accepted"):
+            client.embed_images([photos["rocket.jpg"], tiff.getvalue()])
         long = "TEXT item 1: text is 70000 bytes, over the limit of 65536"
         with pytest.raises(InvalidInput, match=long):
             client.embed_texts(["fine", "x" * 70_000])
