@@ -268,7 +268,9 @@ class TritonServer:
                 logger.info("a chosen port was taken meanwhile: choosing others")
                 self._choose_ports()
             if self.supervise and self._process is not None:
-                self._watch = StubWatch(self._process.pid, self.restart_model, self.serving)
+                self._watch = StubWatch(
+                    self._process.pid, self.restart_model, self.serving, self.running
+                )
         except BaseException:
             self.stop()
             raise

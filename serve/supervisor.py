@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,21 +115,28 @@ def memory(server_pid: int) -> dict[str, int]:
 
 
 class StubWatch:
-    """A thread that reloads a model whose stub died (``restart(model)``), or gives up
-    (``failure`` set) when the reload fails."""
+    """A thread that reloads a model whose stub died (``restart(model)``). Every way out of
+    it but ``stop()`` and the server's exit (which the launcher sees) records a ``failure``:
+    a reload that fails, or a server not ready to take the reload for ``give_up_s`` while
+    a model has no stub. A server that is not ready for a while (too busy to answer the
+    check, or shutting down, when its stubs leave too) is waited for, not given up on."""
 
     def __init__(
         self,
         server_pid: int,
         restart: Callable[[str], None],
-        serving: Callable[[], bool],
+        ready: Callable[[], bool],
+        running: Callable[[], bool],
         *,
         interval_s: float = 0.5,
+        give_up_s: float = 30.0,
     ) -> None:
         self.server_pid = server_pid
         self.restart = restart
-        self.serving = serving  # stubs also leave when the server shuts down: no reload then
+        self.ready = ready
+        self.running = running
         self.interval_s = interval_s
+        self.give_up_s = give_up_s
         self.failure: str | None = None
         self.restarts: list[str] = []
         self._stop = threading.Event()
@@ -137,11 +145,26 @@ class StubWatch:
         self._thread.start()
 
     def _run(self) -> None:
+        waiting_since: float | None = None  # a model without its stub, the server not ready
         while not self._stop.wait(self.interval_s):
             alive = {stub.pid for stub in stubs(self.server_pid)}
             dead = sorted({stub.model for stub in self._known if stub.pid not in alive})
-            if dead and not self.serving():
-                return  # shutting down (or gone): the launcher sees the process exit
+            if not dead:
+                waiting_since = None
+                continue
+            if not self.running():
+                return  # the server exited: the launcher reports it
+            if not self.ready():
+                waiting_since = waiting_since or time.monotonic()
+                if time.monotonic() - waiting_since >= self.give_up_s:
+                    self.failure = (
+                        f"model {', '.join(dead)} lost its stub and the server was not ready "
+                        f"to reload it for {self.give_up_s:.0f} s"
+                    )
+                    logger.error("%s", self.failure)
+                    return
+                continue
+            waiting_since = None
             for model in dead:
                 if self._stop.is_set():
                     return
@@ -153,8 +176,7 @@ class StubWatch:
                     logger.error("%s", self.failure)
                     return
                 self.restarts.append(model)
-            if dead:
-                self._known = stubs(self.server_pid)
+            self._known = stubs(self.server_pid)
 
     def stop(self) -> None:
         self._stop.set()

@@ -236,6 +236,49 @@ def _ok(result: object) -> bool:
     return isinstance(result, np.ndarray) and result.shape == (1, 16)
 
 
+def test_a_stub_that_cannot_come_back_stops_serve_non_zero(clip_repo: Path, tmp_path) -> None:
+    """The reload after a stub's death fails (the model's code is broken meanwhile): the
+    server must not stay "healthy" with a dead model; `vlpserve serve` exits 1 saying why."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(clip_repo, repo, symlinks=True)
+    with Serve(repo) as serve:
+        serve.wait_for("serving;")
+        model_py = repo / "clip_image_encoder" / "1" / "model.py"
+        model_py.unlink()  # a link into the package in the test repository: replace it
+        model_py.write_text("raise RuntimeError('broken on purpose')\n")
+        (victim,) = [s.pid for s in stubs(serve.tritonserver()) if s.model == "clip_image_encoder"]
+        os.kill(victim, signal.SIGKILL)
+        code = serve.process.wait(timeout=90)
+        serve.errors.seek(0)
+        errors = serve.errors.read().decode(errors="replace")
+    assert code == 1, errors[-2000:]
+    assert "clip_image_encoder lost its stub and could not be reloaded" in errors
+
+
+def test_the_watch_gives_up_on_a_server_never_ready_to_reload(clip_repo: Path) -> None:
+    """A readiness check that keeps failing (here: a check that says not ready, as one
+    that times out does) is waited for, then recorded as a failure, never a silent end."""
+    from vlpserve.serve.supervisor import StubWatch
+
+    with TritonServer(clip_repo) as server:
+        assert server.pid is not None
+        watch = StubWatch(
+            server.pid, server.restart_model, lambda: False, server.running, give_up_s=2.0
+        )
+        (victim,) = [s.pid for s in stubs(server.pid) if s.model == "clip_text_encoder"]
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        while watch.failure is None and time.monotonic() - killed < 15:
+            time.sleep(0.1)
+        failure = watch.failure
+        watch.stop()
+        assert server.healthy()  # the launcher's own watch reloaded it meanwhile
+    assert failure is not None and time.monotonic() - killed >= 2.0
+    assert "clip_text_encoder lost its stub and the server was not ready" in failure
+
+
 def test_an_abandoned_request_is_not_computed(triton) -> None:
     """A request whose deadline passes while it waits in the queue (50 ms of queue delay in
     the test repository) is dropped there: the model never executes it."""
