@@ -74,8 +74,12 @@ class AsyncClient(ClientBase):
         loop = asyncio.get_running_loop()
         if self.replicas.resolve_due() and self.replicas.dns:
             host, port = name_of(self.replicas.dns)
-            found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-            for gone in self.replicas.update(addresses(found)):
+            try:
+                found = addresses(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+            except OSError as exc:  # socket.gaierror: the last good addresses stay
+                self.replicas.resolution_failed(exc)
+                found = []
+            for gone in self.replicas.update(found) if found else []:
                 if gone.connection is not None and not gone.in_flight:
                     await gone.connection[0].close()
         while True:

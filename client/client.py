@@ -82,7 +82,12 @@ class Client(ClientBase):
     def _replica(self, tried: set[Replica], deadline: float) -> Replica:
         """The replica for the next try: health-checked first when it was ejected."""
         if self.replicas.resolve_due() and self.replicas.dns:
-            for gone in self.replicas.update(resolve(self.replicas.dns)):
+            try:
+                found = resolve(self.replicas.dns)
+            except OSError as exc:  # socket.gaierror: the last good addresses stay
+                self.replicas.resolution_failed(exc)
+                found = []
+            for gone in self.replicas.update(found) if found else []:
                 if gone.connection is not None and not gone.in_flight:
                     gone.connection[0].close()
         while True:

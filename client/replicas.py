@@ -10,12 +10,17 @@ transport (threads or asyncio) is the client's; this module only decides.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from vlpserve.errors import ServerUnavailable
+
+logger = logging.getLogger(__name__)
 
 DNS = "dns:///"
 EJECT_S = 0.25  # first ejection; it doubles with each failure in a row
@@ -43,7 +48,10 @@ def targets_of(url: str | Sequence[str]) -> tuple[list[str], str | None]:
     """The addresses a client was given, and the DNS name to resolve again (or None)."""
     if isinstance(url, str):
         if url.startswith(DNS):
-            return resolve(url), url
+            try:
+                return resolve(url), url
+            except OSError as exc:  # socket.gaierror
+                raise ServerUnavailable(f"cannot resolve {url}: {exc}") from exc
         return [url], None
     found = [str(u) for u in url]
     if not found or any(u.startswith(DNS) for u in found):
@@ -145,6 +153,17 @@ class Replicas:
 
     def resolve_due(self) -> bool:
         return self.dns is not None and self.now() - self._resolved >= RESOLVE_EVERY_S
+
+    def resolution_failed(self, error: OSError) -> None:
+        """Re-resolving the name failed (a DNS outage): the last good addresses stay, and
+        the name is tried again after the usual interval."""
+        self._resolved = self.now()
+        logger.warning(
+            "cannot resolve %s again (%s): keeping its last %d addresses",
+            self.dns,
+            error,
+            len(self.replicas),
+        )
 
     def update(self, targets: list[str]) -> list[Replica]:
         """The resolved addresses now: new ones join, gone ones leave (returned, for the

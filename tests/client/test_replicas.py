@@ -167,6 +167,48 @@ def test_a_dns_name_resolves_to_every_address(replicas) -> None:
     assert rows.shape == (10, 16)
 
 
+def test_a_dns_outage_keeps_the_last_addresses(replicas, monkeypatch) -> None:
+    """Re-resolving the name fails (the resolver answers EAI_AGAIN, as in an outage): the
+    calls go on to the addresses resolved before, for both clients; a name that never
+    resolved is ServerUnavailable, not a raw socket.gaierror."""
+    import socket
+
+    from vlpserve.client import ServerUnavailable
+
+    port = replicas[0].grpc_port
+    url = f"dns:///localhost:{port}"
+    real = socket.getaddrinfo
+    outage = {"on": False, "asked": 0}
+
+    def getaddrinfo(host, *args, **kwargs):
+        if outage["on"] and host == "localhost":
+            outage["asked"] += 1
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with Client(url, timeout_s=30) as client:
+        before = [r.target for r in client.replicas.replicas]
+        outage["on"] = True
+        client.replicas._resolved = -1e9  # re-resolution due now
+        rows = np.concatenate([client.embed_texts([f"in the outage {i}"]) for i in range(5)])
+        assert rows.shape == (5, 16)
+        assert [r.target for r in client.replicas.replicas] == before
+        assert outage["asked"] == 1  # tried again after the interval, not on every call
+    outage["on"] = False
+
+    async def async_calls() -> np.ndarray:
+        async with AsyncClient(url, timeout_s=30) as client:
+            outage["on"] = True
+            client.replicas._resolved = -1e9
+            return await client.embed_texts(["async, in the outage"])
+
+    assert asyncio.run(async_calls()).shape == (1, 16)
+    assert outage["asked"] >= 2  # the event loop's resolver went through it too
+    with pytest.raises(ServerUnavailable, match="cannot resolve"):
+        Client(url)
+
+
 def test_bench_drives_replicas_and_reports_each_share(replicas, tmp_path: Path) -> None:
     from vlpserve.benchmarks import BenchOptions, run_bench
 
