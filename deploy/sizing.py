@@ -208,12 +208,18 @@ def inspect(source: str | Path, *, endpoint_url: str | None = None) -> Repositor
 
 
 def split_triton_s3(url: str) -> tuple[str | None, str, str]:
-    """(endpoint host:port or None, bucket, prefix) of Triton's S3 spelling."""
+    """(endpoint URL or None, bucket, prefix) of Triton's S3 spelling: ``s3://bucket/prefix``
+    (AWS), ``s3://host:port/bucket/prefix`` (a store over HTTP), and
+    ``s3://http://host:port/...`` or ``s3://https://host:port/...`` (the scheme named)."""
     rest = url.removeprefix("s3://")
+    scheme = "http"
+    for named in ("http", "https"):
+        if rest.startswith(f"{named}://"):
+            scheme, rest = named, rest.removeprefix(f"{named}://")
     first, _, tail = rest.partition("/")
-    if ":" in first:  # s3://host:port/bucket/prefix
+    if ":" in first:  # host:port, then the bucket
         bucket, _, prefix = tail.partition("/")
-        return first, bucket, prefix.strip("/")
+        return f"{scheme}://{first}", bucket, prefix.strip("/")
     return None, first, tail.strip("/")
 
 
@@ -223,9 +229,8 @@ def _inspect_s3(url: str, endpoint_url: str | None) -> RepositoryShape:
         from botocore.exceptions import BotoCoreError, ClientError
     except ImportError as exc:
         raise ConfigError("reading s3:// needs boto3: pip install 'vlpserve[serve]'") from exc
-    host, bucket, prefix = split_triton_s3(url)
-    if host and not endpoint_url:
-        endpoint_url = f"http://{host}"
+    endpoint, bucket, prefix = split_triton_s3(url)
+    endpoint_url = endpoint_url or endpoint
     client = boto3.client("s3", endpoint_url=endpoint_url)
     base = f"{prefix}/" if prefix else ""
     try:

@@ -107,3 +107,58 @@ def test_deploy_sizes_from_the_store(s3, store: str, clip_repo: Path, tmp_path: 
     assert main(["deploy", "kubernetes", "--repo", url, "--out", str(tmp_path), "--insecure"]) == 0
     assert (tmp_path / "deployment.yaml").is_file()
     assert main(["deploy", "kubernetes", "--repo", f"{url}-missing", "--out", str(tmp_path)]) == 1
+
+
+@pytest.fixture(scope="module")
+def https_store(certificates) -> Iterator[str]:
+    """The same S3-compatible server over HTTPS on 127.0.0.1 (moto's application behind
+    werkzeug with the test's certificate); yields its endpoint URL."""
+    import threading
+
+    from moto.server import DomainDispatcherApplication, create_backend_app
+    from werkzeug.serving import make_server
+
+    port = free_port()
+    app = DomainDispatcherApplication(create_backend_app)
+    identity = (str(certificates["server_cert"]), str(certificates["server_key"]))
+    server = make_server("127.0.0.1", port, app, threaded=True, ssl_context=identity)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+def test_a_store_over_https(
+    https_store: str, certificates, clip_repo: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Triton's spelling of a store over TLS, s3://https://host:port/bucket/prefix: the
+    sizing reads it over HTTPS (the CA from AWS_CA_BUNDLE), and deploy renders it."""
+    import boto3
+    import yaml
+
+    from vlpserve.deploy import inspect
+    from vlpserve.deploy.sizing import split_triton_s3
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "t"), ("AWS_SECRET_ACCESS_KEY", "t")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(certificates["ca"]))
+    boto3.client("s3", endpoint_url=https_store).create_bucket(Bucket="tls")
+    push(clip_repo, "s3://tls/v1", endpoint_url=https_store)
+    url = f"s3://{https_store}/tls/v1"  # s3://https://127.0.0.1:port/tls/v1
+    assert split_triton_s3(url) == (https_store, "tls", "v1")
+    assert split_triton_s3("s3://minio:9000/b/p") == ("http://minio:9000", "b", "p")
+    assert split_triton_s3("s3://b/p/q") == (None, "b", "p/q")
+    assert inspect(url) == inspect(clip_repo)
+    argv = ["deploy", "kubernetes", "--repo", url, "--out", str(tmp_path), "--insecure"]
+    assert main(argv) == 0
+    deployment = yaml.safe_load((tmp_path / "deployment.yaml").read_text())
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[:2] == ["serve", url]
+    kserve = ["--format", "kserve", "--out", str(tmp_path / "ks")]
+    assert main([*argv[:4], *kserve, "--insecure"]) == 0
+    service = yaml.safe_load((tmp_path / "ks" / "inferenceservice.yaml").read_text())
+    assert service["spec"]["predictor"]["model"]["storageUri"] == "s3://tls/v1"
