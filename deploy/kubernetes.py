@@ -127,9 +127,10 @@ class DeployOptions:
 
 
 def termination_grace_s(grace_s: int) -> int:
-    """Long enough for ``vlpserve serve`` to stop cleanly: the pre-stop pause, generation
-    drained (up to 0.75 of the grace), in-flight requests (the grace), and its margin."""
-    return PRESTOP_S + math.ceil(1.75 * grace_s) + 20
+    """Long enough for ``vlpserve serve`` to stop cleanly: the pre-stop pause, then the
+    server's own stop, bounded by its grace (generation drained, in-flight requests
+    finished, tritonserver killed when the grace is up), and a margin."""
+    return PRESTOP_S + grace_s + 10
 
 
 def quantity(n_bytes: int) -> str:

@@ -366,20 +366,22 @@ class TritonServer:
         return self._process is not None and self._process.poll() is None
 
     def stop(self, timeout_s: float | None = None) -> int | None:
-        """Drain generation, then SIGTERM (in-flight requests finish, new ones are
-        refused), wait up to the grace time, then SIGKILL; returns the exit code."""
+        """Within ``timeout_s`` (default: the grace time) of being called: drain generation
+        (up to 0.75 of it), then SIGTERM (in-flight requests finish, new ones are refused),
+        then SIGKILL when the time is up; returns the exit code."""
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else self.grace_s)
         if self._watch is not None:
             self._watch.stop()  # the stubs leave during shutdown: no reloads now
             self._watch = None
         if self.running():
-            self.drain(0.75 * self.grace_s)
+            self.drain(0.75 * max(0.0, deadline - time.monotonic()))
         process, self._process = self._process, None
         code = None
         if process is not None:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
                 try:
-                    process.wait(timeout=timeout_s if timeout_s is not None else self.grace_s + 15)
+                    process.wait(timeout=max(0.1, deadline - time.monotonic()))
                 except subprocess.TimeoutExpired:
                     logger.warning("tritonserver did not stop in time: killing it")
                     os.killpg(process.pid, signal.SIGKILL)

@@ -367,24 +367,24 @@ class Engine:
         self.max_batch_rows = 0
         self._unadmitted: list[Job] = []  # taken from the queue when the engine closed
         self._serial = 0  # numbers the admitted jobs (a group's row owners)
+        self._closed: str | None = None  # the reason, once closed
         self._thread = threading.Thread(target=self._loop, name="generation", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:
+        if self._closed is not None:
+            job.on_done(None, self._closed)
+            return
         job.search = make_search(job.prompt, job.params, self.eos)
         self.pending.put(job)
 
     def close(self, reason: str = "the engine was closed") -> None:
-        """Stop decoding; every job not finished yet gets ``reason`` as its error."""
+        """Stop decoding; every job not finished yet gets ``reason`` as its error, once:
+        the decoding thread ends the jobs it holds (in its groups, or taken from the queue)
+        after its current step, and the ones still queued are ended here."""
+        self._closed = reason
         self.pending.put(None)
         self._thread.join(timeout=10)
-        for group in self.groups.values():
-            for job in group.jobs:
-                job.on_done(None, reason)
-        self.groups.clear()
-        for job in self._unadmitted:
-            job.on_done(None, reason)
-        self._unadmitted = []
         while True:
             try:
                 waiting = self.pending.get_nowait()
@@ -397,6 +397,19 @@ class Engine:
         return sum(g.rows for g in self.groups.values())
 
     def _loop(self) -> None:
+        try:
+            self._decode()
+        finally:  # closed: the jobs this thread holds end with the reason
+            reason = self._closed or "the engine stopped"
+            for group in self.groups.values():
+                for job in group.jobs:
+                    job.on_done(None, reason)
+            self.groups.clear()
+            for job in self._unadmitted:
+                job.on_done(None, reason)
+            self._unadmitted = []
+
+    def _decode(self) -> None:
         while True:
             try:
                 if not self._admit():
@@ -416,6 +429,8 @@ class Engine:
 
     def _admit(self) -> bool:
         """Start waiting jobs (blocking while idle). False when the engine is closed."""
+        if self._closed is not None:  # seen between steps, even with every row taken
+            return False
         jobs: list[Job] = []
         block = self.active_rows() == 0
         while self.active_rows() + sum(j.params.num_beams for j in jobs) < self.max_rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -128,6 +129,54 @@ def test_cancelled_job_leaves_the_batch(blip_exports, caption_model, photos) -> 
     assert 5 <= len(streamed) < 256
     assert engine.active_rows() == 0
     engine.close()
+
+
+def test_close_ends_every_job_once(blip_exports, caption_model, photos) -> None:
+    """Closed with jobs decoding (greedy and beam, prompts of two lengths) and more queued
+    behind, during a step: every job gets exactly one final response, the close's reason;
+    a job submitted after the close gets it at once."""
+    model, processor = caption_model
+    engine = Engine(_graphs(blip_exports["caption"]), eos=999_999, max_rows=8)
+    image = Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB")
+    finals: dict[int, list[str | None]] = {}
+    streamed, hold = threading.Event(), threading.Event()
+
+    def on_tokens(tokens: list[int]) -> None:  # the first piece holds the decoding thread
+        streamed.set()
+        hold.wait(30)
+
+    def job(number: int, prompt: str | None, beams: int) -> Job:
+        finals[number] = []
+        made, _ = _job(
+            model,
+            processor,
+            image,
+            prompt,
+            beams,
+            1.0,
+            max_new_tokens=256,
+            on_tokens=on_tokens,
+            on_done=lambda ids, error: finals[number].append(error),
+        )
+        return made
+
+    jobs = [job(0, None, 1), job(1, "a picture of", 1), job(2, None, 3), job(3, None, 3)]
+    jobs += [job(4, "a photo of", 1)]  # 1 + 1 + 3 + 3 rows fill 8: this one stays queued
+    for each in jobs:
+        engine.submit(each)
+    assert streamed.wait(60)
+    closing = threading.Thread(target=engine.close, args=("the server is stopping",))
+    closing.start()
+    while engine._closed is None:
+        time.sleep(0.01)
+    assert engine.active_rows() > 0 or engine.pending.qsize() > 1
+    hold.set()  # the step in progress ends; the thread then sees the close
+    closing.join(30)
+    late = job(5, None, 1)
+    engine.submit(late)
+    assert finals == {n: ["the server is stopping"] for n in range(6)}, finals
+    time.sleep(0.3)  # nothing more arrives afterwards
+    assert all(len(errors) == 1 for errors in finals.values())
 
 
 def test_parameters_are_checked() -> None:

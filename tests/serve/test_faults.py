@@ -103,7 +103,7 @@ def test_sigterm_under_load_finishes_what_is_in_flight(python_repo: Path, photos
     its grace time. The callers leave once refused, as behind a load balancer: Triton 2.51
     itself can hang or abort when calls keep arriving through its own shutdown
     (README, Security and operations)."""
-    grace = 20
+    grace = 10
     with Serve(python_repo, "--grace-seconds", str(grace)) as serve:
         serve.wait_for("serving")
         clip = Client(serve.grpc_url, retries=0, timeout_s=60)
