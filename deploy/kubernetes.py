@@ -53,6 +53,9 @@ CONTAINER_SECURITY: Object = {
     "readOnlyRootFilesystem": True,
     "capabilities": {"drop": ["ALL"]},
 }
+# Secret files readable by their owner only (0400); the kubelet adds the group's read bit
+# for the pods' fsGroup, which is how the non-root server reads them.
+SECRET_MODE = 0o400
 POD_SECURITY: Object = {"fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
@@ -156,8 +159,9 @@ def render(options: DeployOptions, shape: RepositoryShape) -> dict[str, Object]:
 
 def _resources(options: DeployOptions, shape: RepositoryShape) -> Object:
     memory = quantity(options.memory_bytes or shape.memory_bytes)
-    requests: Object = {"cpu": options.cpu, "memory": memory}
-    limits: Object = {"memory": memory}
+    disk = quantity(shape.disk_bytes)  # a pod filling the node's disk is evicted first
+    requests: Object = {"cpu": options.cpu, "memory": memory, "ephemeral-storage": disk}
+    limits: Object = {"memory": memory, "ephemeral-storage": disk}
     if options.gpus:
         requests["nvidia.com/gpu"] = str(options.gpus)
         limits["nvidia.com/gpu"] = str(options.gpus)
@@ -189,6 +193,7 @@ def _serve_args(options: DeployOptions, startup_s: int) -> list[str]:
         str(startup_s),
         "--tritonserver",
         NGC_TRITONSERVER,
+        "--log-stdout",
     ]
     if options.tls_secret:
         args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
@@ -221,7 +226,8 @@ def deployment(options: DeployOptions, shape: RepositoryShape) -> Object:
     ]
     if options.tls_secret:
         mounts.append({"name": "tls", "mountPath": TLS_DIR, "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": options.tls_secret}})
+        secret = {"secretName": options.tls_secret, "defaultMode": SECRET_MODE}
+        volumes.append({"name": "tls", "secret": secret})
     if options.api_key_secret:
         volume, mount = _api_key_volume(options)
         volumes.append(volume)
@@ -456,6 +462,7 @@ def _api_key_volume(options: DeployOptions) -> tuple[Object, Object]:
         "secret": {
             "secretName": options.api_key_secret,
             "items": [{"key": KEY_FILE, "path": KEY_FILE}],
+            "defaultMode": SECRET_MODE,
         },
     }
     return volume, {"name": "api-key", "mountPath": KEY_DIR, "readOnly": True}
@@ -477,6 +484,7 @@ def inference_service(options: DeployOptions, shape: RepositoryShape) -> Object:
         str(startup_s),
         "--tritonserver",
         NGC_TRITONSERVER,
+        "--log-stdout",
     ]
     mounts: list[Object] = [
         {"name": "dshm", "mountPath": "/dev/shm"},

@@ -114,6 +114,13 @@ class RepositoryShape:
         need = SERVER_MEMORY + sum(m.memory_bytes for m in self.models) + self.shm_bytes
         return _round_up(need, 256 * MIB)
 
+    @property
+    def disk_bytes(self) -> int:
+        """Local disk (ephemeral storage) of a pod: tritonserver copies a repository on
+        object storage to a local folder before loading it (every graph's weights), plus
+        the launcher's files (the tritonserver log: two files of 8 MiB at most) and room."""
+        return _round_up(sum(m.weight_bytes for m in self.models) + 512 * MIB, 64 * MIB)
+
     def startup_seconds(self, gpus: int) -> int:
         """How long loading every model may take (TensorRT engines built on GPU)."""
         builds = sum(1 for m in self.models if m.accelerated) if gpus else 0

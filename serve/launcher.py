@@ -32,9 +32,10 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import IO, Any
 
 from vlpserve.errors import ServeError
+from vlpserve.serve.logsink import MAX_BYTES, LogSink
 from vlpserve.serve.security import Security, dial
 from vlpserve.serve.supervisor import StubWatch, memory, metrics_text, outstanding
 
@@ -156,10 +157,13 @@ class TritonServer:
     log_verbose: int = 0
     extra_args: tuple[str, ...] = ()
     log_path: Path | None = None
+    log_max_bytes: int = MAX_BYTES  # the log file rotates there (one previous file kept)
+    log_echo: IO[bytes] | None = None  # also write tritonserver's log there (stdout)
     cpus: frozenset[int] | None = None  # the CPUs it and its model stubs run on (Linux)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
     _watch: StubWatch | None = field(default=None, init=False, repr=False)
+    _log: LogSink | None = field(default=None, init=False, repr=False)
     _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -277,20 +281,28 @@ class TritonServer:
         return self
 
     def _launch(self, backends: Path | None, log_path: Path) -> None:
-        log = log_path.open("wb")
+        if self._log is not None:  # a launch that lost its ports: its output is all read
+            self._log.join(timeout_s=5)
+        self._log = LogSink(
+            log_path,
+            max_bytes=self.log_max_bytes,
+            echo=self.log_echo,
+            redact=self.security.redact,
+        )
         logger.info("starting tritonserver on gRPC %s", self.grpc_url)
         command, env = self.command(backends), self.environment()
         self._process = _SPAWNER.run(
             lambda: subprocess.Popen(
                 command,
-                stdout=log,
+                stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
                 preexec_fn=_die_with_parent(os.getpid(), self.cpus),
             )
         )
-        log.close()
+        assert self._process.stdout is not None
+        self._log.start(self._process.stdout)
 
     def _wait_ready(self) -> bool:
         """True once ready; False when tritonserver exited because a port was taken."""
@@ -301,6 +313,8 @@ class TritonServer:
         with self.admin() as admin:
             while time.monotonic() < deadline:
                 if process.poll() is not None:
+                    if self._log is not None:
+                        self._log.join(timeout_s=5)  # its last lines, on file
                     if "already in use" in self.log_tail():
                         return False
                     raise ServeError(
@@ -357,10 +371,9 @@ class TritonServer:
         return memory(self._process.pid) if self._process is not None else {}
 
     def log_tail(self, lines: int = 40) -> str:
-        if not self.log_path or not self.log_path.exists():
+        if self._log is None:
             return ""
-        tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return self.security.redact(tail)
+        return self.security.redact(self._log.tail(lines))
 
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None
@@ -391,6 +404,8 @@ class TritonServer:
             # outside could leave some behind; they are still in its process group.
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
+            if self._log is not None:
+                self._log.join(timeout_s=5)  # the pipe closes once every writer is gone
         if self._workdir is not None:
             if self.log_path and self.log_path.is_relative_to(self._workdir.name):
                 self.log_path = None

@@ -213,6 +213,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace_seconds,
         tritonserver=args.tritonserver,
         startup_timeout_s=args.startup_timeout,
+        log_echo=sys.stdout.buffer if args.log_stdout else None,
     )
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -545,6 +546,12 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--tritonserver", type=Path, default=None, help="another tritonserver")
     serve.add_argument(
         "--startup-timeout", type=float, default=180.0, help="seconds to load every model"
+    )
+    serve.add_argument(
+        "--log-stdout",
+        action="store_true",
+        help="also write tritonserver's log to stdout (containers: kubectl logs); its file "
+        "rotates at 8 MiB either way",
     )
     serve.add_argument(
         "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"

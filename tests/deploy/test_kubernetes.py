@@ -286,6 +286,12 @@ def test_secrets_are_mounted_where_the_server_reads_them(clip_repo: Path) -> Non
     ):
         assert args[args.index(flag) + 1].startswith(mounts[volume] + "/"), flag
     assert container["envFrom"] == [{"secretRef": {"name": "s3"}}]
+    for name in ("tls", "api-key"):  # owner-read only (the kubelet adds fsGroup's read bit)
+        assert volumes[name]["secret"]["defaultMode"] == 0o400, name
+    assert template["spec"]["automountServiceAccountToken"] is False
+    disk = _size_bytes(container["resources"]["limits"]["ephemeral-storage"])
+    assert disk >= inspect(clip_repo).disk_bytes > 512 * MIB  # the copied repository, the log
+    assert "--log-stdout" in args
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert mounts["tmp"] == "/tmp" and mounts["dshm"] == "/dev/shm"
     assert args[:2] == ["serve", REPO_URL]
@@ -356,7 +362,7 @@ def test_the_rendered_pod_serves_as_rendered(clip_repo: Path, certificates, tmp_
     del args[at : at + 2]
     assert args[0] == "serve"
     with Serve(Path(args[1]), *args[2:]) as serve:
-        serve.wait_for("serving;")
+        assert "Started GRPCInferenceService" in serve.wait_for("serving;")  # kubectl logs
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             command = [here.get(a, a) for a in container[probe]["exec"]["command"]]
             run = [sys.executable, "-m", "vlpserve", *command[1:]]
