@@ -351,7 +351,7 @@ def segment(
     response = yield Infer(infer_request(models.segment.name, inputs, outputs=outputs))
     found = response_arrays(response, outputs)
     return Segmentation(
-        label_map=found[LABEL_MAP][0],
+        label_map=found[LABEL_MAP][0].astype(np.int32),  # uint8/uint16 on the wire
         labels=list(labels),
         scores=found[SCORES][0],
         fractions=found[FRACTIONS][0],

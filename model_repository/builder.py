@@ -32,6 +32,7 @@ from vlpserve.contract import (
     ModelContract,
     blip_models,
     embedding_models,
+    label_map_dtype,
 )
 from vlpserve.errors import ConfigError, RepositoryError
 from vlpserve.export.common import graph_io
@@ -280,7 +281,9 @@ class _Builder(_Renderer):
 
     def __init__(self, options: RepositoryOptions, report: ExportReport) -> None:
         super().__init__(options, report)
-        self.models: EmbeddingModels = embedding_models(report.family, report.ids_dtype)
+        self.models: EmbeddingModels = embedding_models(
+            report.family, report.ids_dtype, label_map_dtype(options.max_labels)
+        )
         bias = report.logit_bias
         self.family = FamilyParams(
             logit_scale=float(report.required("logit_scale")),

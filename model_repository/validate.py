@@ -13,6 +13,8 @@ from vlpserve.contract import (
     DUAL_ENCODERS,
     IDS_DTYPES,
     INPUT_IDS,
+    LABEL_MAP,
+    LABEL_MAP_DTYPES,
     Family,
     ModelContract,
     blip_models,
@@ -85,6 +87,16 @@ def _ids_dtype(text_encoder: pb.ModelConfig | None) -> str:
     return "int64"
 
 
+def _label_map_dtype(segment: pb.ModelConfig | None) -> str:
+    """The label map type a segmentation model's config declares (by its ``max_labels``);
+    uint8 where it declares another (the contract check says so)."""
+    for tensor in segment.output if segment else ():
+        if tensor.name == LABEL_MAP:
+            found = numpy_dtype(tensor.data_type)
+            return found if found in LABEL_MAP_DTYPES else "uint8"
+    return "uint8"
+
+
 def validate_repository(repo: Path | str) -> ValidationReport:
     """Validate every model of a repository; raise RepositoryError listing all problems."""
     repo = Path(repo)
@@ -115,7 +127,11 @@ def validate_repository(repo: Path | str) -> ValidationReport:
             else:
                 _check_graph(configs[name], ModelFolder.of(repo, name), report.problems)
     for family in DUAL_ENCODERS:
-        models = embedding_models(family, _ids_dtype(configs.get(f"{family.value}_text_encoder")))
+        models = embedding_models(
+            family,
+            _ids_dtype(configs.get(f"{family.value}_text_encoder")),
+            _label_map_dtype(configs.get(f"{family.value}_segment")),
+        )
         contracts = models.all()
         present = [c for c in contracts if c.name in configs]
         if not present:

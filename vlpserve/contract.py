@@ -103,19 +103,33 @@ class ModelContract:
 
 # Element types token ids may have: int64, or int32 for graphs exported for TensorRT.
 IDS_DTYPES = ("int64", "int32")
+# A segmentation's label map on the wire: the smallest type that holds the label count
+# (repo build --max-labels); the client hands users int32 whatever came.
+LABEL_MAP_DTYPES = ("uint8", "uint16")
+
+
+def label_map_dtype(max_labels: int) -> str:
+    """The label map's element type for up to ``max_labels`` labels."""
+    if not 1 <= max_labels <= 65_536:
+        raise ValueError(f"max_labels must be in 1..65536, got {max_labels}")
+    return "uint8" if max_labels <= 256 else "uint16"
 
 
 @dataclass(frozen=True)
 class EmbeddingModels:
     """The models of a dual-encoder family (CLIP-like): encoders, pre-processing, raw level.
-    ``ids_dtype``: the text graph's token id type (the export report's ``ids_dtype``)."""
+    ``ids_dtype``: the text graph's token id type (the export report's ``ids_dtype``);
+    ``label_map_dtype``: GroupViT's label map on the wire (``label_map_dtype(max_labels)``)."""
 
     family: Family
     ids_dtype: str = "int64"
+    label_map_dtype: str = "uint8"
 
     def __post_init__(self) -> None:
         if self.ids_dtype not in IDS_DTYPES:
             raise ValueError(f"token ids are one of {IDS_DTYPES}, got {self.ids_dtype!r}")
+        if self.label_map_dtype not in LABEL_MAP_DTYPES:
+            raise ValueError(f"label maps are one of {LABEL_MAP_DTYPES}")
 
     @property
     def text_encoder(self) -> ModelContract:
@@ -176,7 +190,11 @@ class EmbeddingModels:
         return ModelContract(
             f"{self.family.value}_segment",
             (Tensor(IMAGE, "object"), Tensor(LABELS, "object")),
-            (Tensor(LABEL_MAP, "int32"), Tensor(SCORES, "float32"), Tensor(FRACTIONS, "float32")),
+            (
+                Tensor(LABEL_MAP, self.label_map_dtype),
+                Tensor(SCORES, "float32"),
+                Tensor(FRACTIONS, "float32"),
+            ),
         )
 
     def all(self) -> tuple[ModelContract, ...]:
@@ -194,12 +212,14 @@ class EmbeddingModels:
 DUAL_ENCODERS = (Family.CLIP, Family.GROUPVIT, Family.SIGLIP)
 
 
-def embedding_models(family: Family | str, ids_dtype: str = "int64") -> EmbeddingModels:
+def embedding_models(
+    family: Family | str, ids_dtype: str = "int64", label_map_dtype: str = "uint8"
+) -> EmbeddingModels:
     """Contract of a dual-encoder family by name (``"clip"``, ``"groupvit"``)."""
     family = Family(family)
     if family not in DUAL_ENCODERS:
         raise ValueError(f"{family.value} is not a dual-encoder family")
-    return EmbeddingModels(family, ids_dtype)
+    return EmbeddingModels(family, ids_dtype, label_map_dtype)
 
 
 # BLIP raw-level tensors.

@@ -27,6 +27,7 @@ DTYPES: tuple[DType, ...] = (
     DType("float32", 1, "TYPE_FP32", "FP32"),
     DType("uint8", 2, "TYPE_UINT8", "UINT8"),
     DType("int8", 3, "TYPE_INT8", "INT8"),
+    DType("uint16", 4, "TYPE_UINT16", "UINT16"),
     DType("int32", 6, "TYPE_INT32", "INT32"),
     DType("int64", 7, "TYPE_INT64", "INT64"),
     DType("object", 8, "TYPE_STRING", "BYTES"),

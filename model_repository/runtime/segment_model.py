@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from PIL import Image
 
 from vlpserve.contract import (
     FRACTIONS,
@@ -27,6 +26,7 @@ from vlpserve.contract import (
     SCORES,
     TEXT,
     TEXT_EMBEDS,
+    label_map_dtype,
 )
 from vlpserve.model_repository.runtime.batched import BatchedModel, Outputs
 from vlpserve.model_repository.runtime.image_preprocessor_model import decode_pool
@@ -35,7 +35,9 @@ from vlpserve.model_repository.runtime.inputs import segment_request
 from vlpserve.model_repository.runtime.params import SegmentParams
 from vlpserve.model_repository.runtime.segmentation import Segment, segment
 
-Parsed = tuple[Image.Image, list[str]]
+# A request's pixels for the encoder, its image's (height, width) and its labels: the
+# decoded image is dropped as soon as it is parsed (a 40 Mpx photo is 120 MB in RGB).
+Parsed = tuple[np.ndarray, tuple[int, int], list[str]]
 
 
 def _call(model: str, name: str, array: np.ndarray, outputs: list[str], chunk: int) -> list[Any]:
@@ -69,15 +71,17 @@ class TritonPythonModel(BatchedModel[Parsed]):
             steps, resize_shortest_edge=None, resize_to=self.model_size, crop=None
         )
         self.pool = decode_pool(self.params.decode_threads)
+        self.label_dtype = np.dtype(label_map_dtype(self.params.max_labels))
         self.parse_pool = self.pool  # decode the requests' images in parallel
 
     def parse(self, request: Any) -> Parsed:
-        """The request's image (decoded) and labels."""
-        return segment_request(self.arrays(request), self.steps, self.params.max_labels)
+        """The request's pixels, image size and labels."""
+        image, labels = segment_request(self.arrays(request), self.steps, self.params.max_labels)
+        return self.steps(image), (image.height, image.width), labels
 
     def run(self, items: list[Parsed]) -> Sequence[Outputs | Exception]:
         pool = self.pool
-        pixels = np.stack(list(pool.map(self.steps, [image for image, _ in items])))
+        pixels = np.stack([item[0] for item in items])
         chunk = self.params.encoder_max_batch_size
         image_embeds, group_embeds, grouping = _call(
             self.params.image_model,
@@ -86,13 +90,13 @@ class TritonPythonModel(BatchedModel[Parsed]):
             [IMAGE_EMBEDS, GROUP_EMBEDS, GROUPING],
             chunk,
         )
-        unique = sorted({label for _, labels in items for label in labels})
+        unique = sorted({label for _, _, labels in items for label in labels})
         texts = np.array([label.encode() for label in unique], dtype=object).reshape(-1, 1)
         (text_embeds,) = _call(self.params.text_model, TEXT, texts, [TEXT_EMBEDS], chunk)
         row_of = {label: row for row, label in enumerate(unique)}
 
         def post_process(position: int) -> Segment:
-            image, labels = items[position]
+            _, size, labels = items[position]
             return segment(
                 image_embeds=image_embeds[position],
                 group_embeds=group_embeds[position],
@@ -100,7 +104,8 @@ class TritonPythonModel(BatchedModel[Parsed]):
                 text_embeds=text_embeds[[row_of[label] for label in labels]],
                 logit_scale=self.params.logit_scale,
                 model_size=self.model_size,
-                image_size=(image.height, image.width),
+                image_size=size,
+                dtype=self.label_dtype,
             )
 
         # On the decode threads: numpy's products and comparisons release the GIL, and the

@@ -45,12 +45,12 @@ def bilinear_resize(values: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.asarray(rows[:, :, low] * (1 - frac) + rows[:, :, high] * frac, dtype=np.float32)
 
 
-def first_argmax(values: np.ndarray) -> np.ndarray:
-    """``values.argmax(axis=0)`` as int32 (ties to the first), one pass per label: numpy's
-    argmax over the first axis of a (labels, H, W) array strides across memory and takes 2x
-    as long for a photo-sized map."""
+def first_argmax(values: np.ndarray, dtype: np.dtype | type = np.int32) -> np.ndarray:
+    """``values.argmax(axis=0)`` as ``dtype`` (ties to the first), one pass per label:
+    numpy's argmax over the first axis of a (labels, H, W) array strides across memory and
+    takes 2x as long for a photo-sized map."""
     best = values[0].copy()
-    index = np.zeros(best.shape, dtype=np.int32)
+    index = np.zeros(best.shape, dtype=dtype)
     for label in range(1, values.shape[0]):
         better = values[label] > best
         np.copyto(best, values[label], where=better)
@@ -62,7 +62,7 @@ def first_argmax(values: np.ndarray) -> np.ndarray:
 class Segment:
     """One image's segmentation: label index per pixel, image-level scores, pixel fractions."""
 
-    label_map: np.ndarray  # (H, W) int32
+    label_map: np.ndarray  # (H, W) of the label map type (uint8 up to 256 labels)
     scores: np.ndarray  # (labels,) float32, softmax over labels of the image embedding
     fractions: np.ndarray  # (labels,) float32, share of pixels per label
 
@@ -90,6 +90,9 @@ def segment_logits(
     return bilinear_resize(on_grid, *model_size)
 
 
+BAND_BYTES = 32 * 2**20  # the logits of one band of rows at the image's size
+
+
 def segment(
     *,
     image_embeds: np.ndarray,
@@ -99,20 +102,34 @@ def segment(
     logit_scale: float,
     model_size: tuple[int, int],
     image_size: tuple[int, int],
+    dtype: np.dtype | type = np.uint8,
+    band_bytes: int = BAND_BYTES,
 ) -> Segment:
-    """Label map at ``image_size`` (height, width) for one image and its label embeddings.
+    """Label map at ``image_size`` (height, width) for one image and its label embeddings,
+    of ``dtype`` (which must hold the label count).
 
     Both resizes (grid -> model input -> image) are linear maps per axis, so they are
-    composed into one matrix per axis and applied with two matrix products.
+    composed into one matrix per axis and applied with two matrix products, one band of rows
+    at a time: the (labels, H, W) logits of a whole photo would take labels x 4 bytes per
+    pixel (10 GB for 64 labels on 40 Mpx); a band holds ``band_bytes``. Each pixel's logits
+    are the same products as over the whole image, so the map is the same.
     """
     on_grid = grid_logits(group_embeds, grouping, text_embeds, logit_scale)
-    _, grid_h, grid_w = on_grid.shape
-    rows = bilinear_matrix(model_size[0], image_size[0]) @ bilinear_matrix(grid_h, model_size[0])
-    cols = bilinear_matrix(model_size[1], image_size[1]) @ bilinear_matrix(grid_w, model_size[1])
-    logits = rows @ on_grid @ cols.T  # (labels, H, W)
-    label_map = first_argmax(logits)
-    labels = text_embeds.shape[0]
-    fractions = np.bincount(label_map.ravel(), minlength=labels) / label_map.size
+    labels, grid_h, grid_w = on_grid.shape
+    if labels > np.iinfo(dtype).max + 1:
+        raise ValueError(f"{labels} labels do not fit a {np.dtype(dtype).name} label map")
+    height, width = image_size
+    rows = bilinear_matrix(model_size[0], height) @ bilinear_matrix(grid_h, model_size[0])
+    cols = bilinear_matrix(model_size[1], width) @ bilinear_matrix(grid_w, model_size[1])
+    band = max(1, band_bytes // (labels * width * 4))
+    label_map = np.empty((height, width), dtype=dtype)
+    counts = np.zeros(labels, dtype=np.int64)
+    for top in range(0, height, band):
+        logits = rows[top : top + band] @ on_grid @ cols.T  # (labels, band, W)
+        part = first_argmax(logits, dtype)
+        label_map[top : top + band] = part
+        counts += np.bincount(part.ravel(), minlength=labels)
+    fractions = counts / label_map.size
     image_logits = (text_embeds @ image_embeds) * np.float32(logit_scale)
     exp = np.exp(image_logits - image_logits.max())
     return Segment(

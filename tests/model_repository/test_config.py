@@ -120,12 +120,26 @@ def test_groupvit_configs(python_repo: Path) -> None:
     assert [t.name for t in image.output] == ["image_embeds"]  # the raw level stays CLIP's
     segment = read_config(python_repo / "groupvit_segment" / "config.pbtxt")
     assert [(t.name, t.data_type, list(t.dims)) for t in segment.output] == [
-        ("label_map", pb.TYPE_INT32, [-1, -1]),
+        ("label_map", pb.TYPE_UINT8, [-1, -1]),  # up to 256 labels (TEST_MAX_LABELS)
         ("scores", pb.TYPE_FP32, [-1]),
         ("fractions", pb.TYPE_FP32, [-1]),
     ]
     assert segment.parameters["max_labels"].string_value == "10"
     assert segment.parameters["text_model"].string_value == "groupvit_text"
+
+
+def test_more_labels_than_a_byte_holds_take_uint16(groupvit_export: Path, tmp_path: Path) -> None:
+    from vlpserve.model_repository import build_repository
+
+    build_repository(RepositoryOptions(export_dir=groupvit_export, out=tmp_path, max_labels=300))
+    segment = read_config(tmp_path / "groupvit_segment" / "config.pbtxt")
+    assert segment.output[0].name == "label_map" and segment.output[0].data_type == pb.TYPE_UINT16
+    assert validate_repository(tmp_path).ok
+    text = (tmp_path / "groupvit_segment" / "config.pbtxt").read_text()
+    broken = text.replace("TYPE_UINT16", "TYPE_FP32", 1)
+    (tmp_path / "groupvit_segment" / "config.pbtxt").write_text(broken)
+    with pytest.raises(RepositoryError, match="groupvit_segment"):
+        validate_repository(tmp_path)
 
 
 def test_python_flavour_configs(python_repo: Path) -> None:

@@ -57,9 +57,9 @@ def test_decompression_bomb_is_refused_from_its_header(triton, bomb, photos) -> 
             client.match([bomb], ["a cat"])
 
 
-def test_bombs_leave_memory_alone(triton, bomb) -> None:
-    """Eight at once: the server's resident memory (tritonserver and every stub) stays
-    within 500 MB of idle."""
+def _peak_growth(triton, work) -> int:
+    """Bytes the server's resident memory (tritonserver and every stub) rose above its level
+    before ``work()``, sampled every 20 ms while it runs."""
     idle = sum(triton.memory().values())
     peak = idle
     done = threading.Event()
@@ -73,6 +73,18 @@ def test_bombs_leave_memory_alone(triton, bomb) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
+        work()
+    finally:
+        done.set()
+        sampler.join()
+    return peak - idle
+
+
+def test_bombs_leave_memory_alone(triton, bomb) -> None:
+    """Eight at once: the server's resident memory (tritonserver and every stub) stays
+    within 500 MB of idle."""
+
+    def eight() -> None:
         with (
             Client(triton.grpc_url, timeout_s=60, max_concurrency=8) as client,
             ThreadPoolExecutor(8) as pool,
@@ -81,10 +93,48 @@ def test_bombs_leave_memory_alone(triton, bomb) -> None:
             for call in calls:
                 with pytest.raises(InvalidInput):
                     call.result()
-    finally:
-        done.set()
-        sampler.join()
-    assert peak - idle < 500 * 2**20, (idle, peak)
+
+    grew = _peak_growth(triton, eight)
+    assert grew < 500 * 2**20, grew
+
+
+@pytest.fixture(scope="module")
+def groupvit_server(groupvit_export: Path, tmp_path_factory: pytest.TempPathFactory):
+    """GroupViT alone with repo build's defaults (64 labels per request)."""
+    repo = tmp_path_factory.mktemp("repo-groupvit")
+    build_repository(RepositoryOptions(export_dir=groupvit_export, out=repo))
+    with TritonServer(repo) as server:
+        yield server
+
+
+def test_segmentation_of_a_40_mpx_photo_with_64_labels_stays_bounded(groupvit_server) -> None:
+    """The label map at the photo's size is computed in bands of rows and sent as uint8:
+    one request keeps the server within +1 GB of idle (the whole logits were 10 GB), eight
+    at once within +2 GB; the client still hands out an int32 map at the photo's size."""
+    triton = groupvit_server
+    image = Image.new("L", (7300, 5479), 128)  # 40.0 Mpx, a few KB as PNG
+    image.paste(255, (0, 0, 3650, 5479))
+    photo = _png(image)
+    labels = [f"label {i}" for i in range(64)]
+    found = []
+
+    def one() -> None:
+        with Client(triton.grpc_url, family="groupvit", timeout_s=300) as client:
+            found.append(client.segment(photo, labels))
+
+    grew = _peak_growth(triton, one)
+    assert grew < 2**30, grew / 2**20
+    (result,) = found
+    assert result.label_map.shape == (5479, 7300) and result.label_map.dtype == np.int32
+    assert result.fractions.sum() == pytest.approx(1.0)
+
+    def eight() -> None:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _: one(), range(8)))
+
+    grew = _peak_growth(triton, eight)
+    assert grew < 2 * 2**30, grew / 2**20
+    assert all(np.array_equal(r.label_map, result.label_map) for r in found[1:])
 
 
 def test_every_limit_names_the_item_and_the_limit(triton, photos) -> None:
