@@ -10,6 +10,8 @@ server-sent events with ``stream: true``. Errors are OpenAI's error JSON.
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import json
 import time
 import uuid
@@ -24,13 +26,14 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from vlpserve.client import AsyncClient
-from vlpserve.errors import ClientError
+from vlpserve.errors import ClientError, ConfigError
 from vlpserve.gateway import chat, embeddings
 from vlpserve.gateway.errors import (
     APIError,
     from_client,
     invalid,
     too_large,
+    too_slow,
     unauthorized,
     unknown_model,
 )
@@ -50,15 +53,43 @@ SERVED_TTL_S = 5.0  # how long the list of served models is trusted
 class GatewayOptions:
     """Where Triton is and how the front door answers.
 
-    ``api_key``: callers must send ``Authorization: Bearer <key>``; the same key is sent to
-    Triton (one key for the deployment). ``tls_ca``: Triton's gRPC is TLS with this CA.
+    ``api_key``: callers must send ``Authorization: Bearer <key>`` (compared in constant
+    time). ``triton_api_key``: the key the front door sends to Triton, which must differ, so
+    that a caller of the OpenAI API cannot call Triton's raw models with its key.
+    ``tls_ca``: Triton's gRPC is TLS with this CA. ``tls_cert``/``tls_key``: the front door
+    itself serves HTTPS with this identity.
+
+    Bounds: ``max_body_bytes`` per request (413), ``max_items`` per ``input`` (400), the body
+    within ``body_timeout_s`` (408), a request head within ``head_timeout_s`` of connecting
+    or of the previous response (the connection is closed), ``max_connections`` at once
+    (503 beyond). Each request keeps at most ``parts_in_flight`` chunks of its items in the
+    server's queues, so a large request cannot starve small ones.
     """
 
     triton: str
     api_key: str | None = field(default=None, repr=False)
+    triton_api_key: str | None = field(default=None, repr=False)
     tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = field(default=None, repr=False)
     timeout_s: float = 60.0
     max_body_bytes: int = 64 * 2**20
+    max_items: int = 2048  # as OpenAI's embeddings endpoint
+    body_timeout_s: float = 60.0
+    head_timeout_s: float = 10.0
+    max_connections: int = 512
+    parts_in_flight: int = 2
+
+    def __post_init__(self) -> None:
+        if self.api_key and self.api_key == self.triton_api_key:
+            raise ConfigError(
+                "the front door's callers need a key of their own, not the server's: with it "
+                "they could call tritonserver's raw models"
+            )
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("the front door's TLS needs both a certificate and its key")
+        if min(self.max_items, self.max_connections, self.parts_in_flight) < 1:
+            raise ConfigError("max_items, max_connections and parts_in_flight must be >= 1")
 
 
 class Gateway:
@@ -75,7 +106,7 @@ class Gateway:
                 self.options.triton,
                 family=family,
                 timeout_s=self.options.timeout_s,
-                api_key=self.options.api_key,
+                api_key=self.options.triton_api_key,
                 tls_ca=self.options.tls_ca,
             )
         return self.clients[family]
@@ -114,34 +145,56 @@ class Gateway:
 
 def _authorized(gateway: Gateway, request: Request) -> None:
     key = gateway.options.api_key
-    if key and request.headers.get("authorization", "") != f"Bearer {key}":
-        raise unauthorized()
+    if key:
+        sent = request.headers.get("authorization", "").encode()
+        if not hmac.compare_digest(sent, f"Bearer {key}".encode()):  # no timing to learn
+            raise unauthorized()
+
+
+def _parse(data: bytes) -> Any:
+    """JSON, off the event loop (a 64 MiB body takes seconds); nesting too deep for the
+    parser is the caller's mistake, not the server's."""
+    try:
+        return json.loads(data)
+    except RecursionError as exc:
+        raise invalid("the body is not JSON this server takes: nested too deeply") from exc
+    except ValueError as exc:
+        raise invalid(f"the body is not JSON: {exc}") from exc
 
 
 async def _body(gateway: Gateway, request: Request) -> dict[str, Any]:
-    """The JSON body, refused with 413 beyond the size limit (before reading it all)."""
+    """The JSON body, refused with 413 beyond the size limit (before reading it all) and
+    with 408 when it does not arrive in time."""
     _authorized(gateway, request)
-    limit = gateway.options.max_body_bytes
+    options = gateway.options
+    limit = options.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise too_large(int(declared), limit)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise too_large(size, limit)
-        chunks.append(chunk)
+
+    async def read() -> bytes:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise too_large(size, limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
     try:
-        body = json.loads(b"".join(chunks))
-    except ValueError as exc:
-        raise invalid(f"the body is not JSON: {exc}") from exc
+        data = await asyncio.wait_for(read(), options.body_timeout_s)
+    except TimeoutError as exc:
+        raise too_slow(options.body_timeout_s) from exc
+    body = await asyncio.to_thread(_parse, data)
     if not isinstance(body, dict):
         raise invalid("the body must be a JSON object")
     return body
 
 
 def _error(exc: APIError) -> JSONResponse:
-    return JSONResponse(exc.body(), status_code=exc.status)
+    # A body that never arrived leaves the connection unusable: close it.
+    headers = {"connection": "close"} if exc.status == 408 else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
 def create_app(options: GatewayOptions) -> Starlette:
@@ -166,10 +219,10 @@ def create_app(options: GatewayOptions) -> Starlette:
         try:
             body = await _body(gateway, request)
             family = await gateway.family_of(body.get("model"), "embeddings")
-            found = await embeddings.answer(gateway.client(family), body)
+            found = await embeddings.answer(gateway.client(family), body, gateway.options)
         except APIError as exc:
             return _error(exc)
-        return JSONResponse(found)
+        return await asyncio.to_thread(JSONResponse, found)  # rendering is work too
 
     async def complete(request: Request) -> Response:
         try:

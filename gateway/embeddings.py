@@ -6,13 +6,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from vlpserve.client import AsyncClient
 from vlpserve.errors import ClientError
 from vlpserve.gateway.errors import APIError, from_client, invalid, unsupported
+
+if TYPE_CHECKING:
+    from vlpserve.gateway.app import GatewayOptions
 
 _ITEM = re.compile(r"\b(?:IMAGE|TEXT) item (\d+)")
 _DATA_URL = re.compile(r"^data:(?P<type>[\w.+-]+/[\w.+-]+)?(?P<b64>;base64)?,", re.I)
@@ -41,12 +45,14 @@ def image_of(item: str, index: int) -> bytes | None:
         raise invalid(f"input[{index}]: the image is not valid base64", f"input[{index}]") from exc
 
 
-def items_of(body: dict[str, Any]) -> list[str]:
+def items_of(body: dict[str, Any], max_items: int) -> list[str]:
     found = body.get("input")
     if isinstance(found, str):
         found = [found]
     if not isinstance(found, list) or not found:
         raise invalid("input must be a string or a non-empty list of strings", "input")
+    if len(found) > max_items:
+        raise invalid(f"input holds {len(found)} items, more than {max_items}", "input")
     for index, item in enumerate(found):
         if not isinstance(item, str):
             raise invalid(
@@ -66,9 +72,27 @@ def _moved(exc: ClientError, positions: list[int]) -> APIError:
     return from_client(exc, "input")
 
 
-async def answer(client: AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
+async def in_parts(
+    call: Callable[[list[Any]], Awaitable[Any]], values: list[Any], part: int, at: list[int]
+) -> list[Any]:
+    """``call`` on ``part`` values at a time, one part after another: a request keeps at
+    most one part's chunks in the server's queues, so others' requests get in between
+    (the client's chunks of a call share one first-come queue). Errors name the caller's
+    ``input[i]`` (``at``: each value's position)."""
+    found = []
+    for start in range(0, len(values), part):
+        try:
+            found.append(await call(values[start : start + part]))
+        except ClientError as exc:
+            raise _moved(exc, at[start : start + part]) from exc
+    return found
+
+
+async def answer(
+    client: AsyncClient, body: dict[str, Any], options: GatewayOptions
+) -> dict[str, Any]:
     """The response to an embeddings request."""
-    items = items_of(body)
+    items = items_of(body, options.max_items)
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
         raise invalid("encoding_format must be 'float' or 'base64'", "encoding_format")
@@ -91,21 +115,20 @@ async def answer(client: AsyncClient, body: dict[str, Any]) -> dict[str, Any]:
         if dimensions is not None and dimensions != width:
             raise unsupported("dimensions", f"must be {width} (the model's) if given")
 
+        text_part = options.parts_in_flight * await client.max_batch_size(client.models.text.name)
+        image_part = options.parts_in_flight * await client.max_batch_size(client.models.image.name)
+
         async def embedded_texts() -> tuple[np.ndarray, np.ndarray]:
             if not texts:
                 return np.zeros((0, width), np.float32), np.zeros(0, np.int32)
-            try:
-                return await client.embed_texts_and_count(texts)
-            except ClientError as exc:
-                raise _moved(exc, text_at) from exc
+            parts = await in_parts(client.embed_texts_and_count, texts, text_part, text_at)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
         async def embedded_images() -> np.ndarray:
             if not images:
                 return np.zeros((0, width), np.float32)
-            try:
-                return await client.embed_images(images)
-            except ClientError as exc:
-                raise _moved(exc, image_at) from exc
+            parts = await in_parts(client.embed_images, images, image_part, image_at)
+            return np.concatenate(parts)
 
         (text_rows, counts), image_rows = await asyncio.gather(embedded_texts(), embedded_images())
         tokens = int(counts.sum())

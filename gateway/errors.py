@@ -83,6 +83,15 @@ def too_large(size: int, limit: int) -> APIError:
     )
 
 
+def too_slow(limit_s: float) -> APIError:
+    return APIError(
+        408,
+        f"The request body did not arrive within {limit_s:g} s",
+        kind="invalid_request_error",
+        code="timeout",
+    )
+
+
 def from_client(exc: ClientError, param: str | None = None) -> APIError:
     """The HTTP answer to a failed gRPC call."""
     message = str(exc)

@@ -202,8 +202,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         http=not args.no_http,
         insecure=args.insecure,
     )
+    front_door = None
     if args.openai_port:
-        _gateway_exposure(args.openai_host, security.api_key, args.insecure)
+        from vlpserve.gateway.app import GatewayOptions
+
+        ca = str(security.tls_ca or security.tls_cert) if security.tls else None
+        front_door = GatewayOptions(  # checked now; the server's address is set once it runs
+            triton="",
+            api_key=api_key_from(args.openai_key_file, {}),
+            triton_api_key=security.api_key,
+            tls_ca=ca,
+            tls_cert=str(security.tls_cert) if security.tls else None,
+            tls_key=str(security.tls_key) if security.tls else None,
+        )
+        _gateway_exposure(args.openai_host, front_door.api_key, args.insecure)
+        if security.api_key and not front_door.api_key:
+            raise ConfigError(
+                "the server takes an API key, and the front door would answer without one: "
+                "give its callers a key of their own with --openai-key-file"
+            )
     server = TritonServer(
         args.repo,
         grpc_port=args.grpc_port,
@@ -221,12 +238,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server.start()
     gateway = None
     try:
-        if args.openai_port:
-            from vlpserve.gateway.app import GatewayOptions
+        if front_door is not None:
+            import dataclasses
+
             from vlpserve.gateway.server import GatewayThread
 
-            ca = str(security.tls_ca or security.tls_cert) if security.tls else None
-            options = GatewayOptions(triton=server.grpc_url, api_key=security.api_key, tls_ca=ca)
+            options = dataclasses.replace(front_door, triton=server.grpc_url)
             gateway = GatewayThread(options, args.openai_host, args.openai_port).start()
         print(f"gRPC     {args.host}:{server.grpc_port}{' (TLS)' if security.tls else ''}")
         http = f"{args.http_host}:{server.http_port} (plaintext)" if security.http else "off"
@@ -314,10 +331,18 @@ def cmd_openai(args: argparse.Namespace) -> int:
     from vlpserve.serve import api_key_from
 
     options = GatewayOptions(
-        triton=args.triton, api_key=api_key_from(args.api_key_file), tls_ca=args.tls_ca
+        triton=args.triton,
+        api_key=api_key_from(args.api_key_file, {}),
+        triton_api_key=api_key_from(args.triton_key_file),
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
     _gateway_exposure(args.host, options.api_key, args.insecure)
-    print(f"OpenAI front door on http://{args.host}:{args.port}/v1 over {args.triton}", flush=True)
+    scheme = "https" if options.tls_cert else "http"
+    print(
+        f"OpenAI front door on {scheme}://{args.host}:{args.port}/v1 over {args.triton}", flush=True
+    )
     run(options, args.host, args.port)
     return 0
 
@@ -557,6 +582,12 @@ def parser() -> argparse.ArgumentParser:
         "--openai-port", type=int, default=None, help="also serve the OpenAI front door there"
     )
     serve.add_argument("--openai-host", default="127.0.0.1", help="the front door's address")
+    serve.add_argument(
+        "--openai-key-file",
+        type=Path,
+        default=None,
+        help="the front door's callers must present this key (not the server's own)",
+    )
     serve.set_defaults(func=cmd_serve)
 
     kserve = sub.add_parser(
@@ -633,8 +664,16 @@ def parser() -> argparse.ArgumentParser:
         "--api-key-file",
         type=Path,
         default=None,
-        help="callers must present this key; sent to the server too (default: $VLPSERVE_API_KEY)",
+        help="callers must present this key (the front door's own, not the server's)",
     )
+    openai.add_argument(
+        "--triton-key-file",
+        type=Path,
+        default=None,
+        help="the key sent to the server (default: $VLPSERVE_API_KEY, if set)",
+    )
+    openai.add_argument("--tls-cert", default=None, help="PEM: serve HTTPS with it")
+    openai.add_argument("--tls-key", default=None, help="PEM: its private key")
     openai.add_argument("--tls-ca", default=None, help="PEM: the server's gRPC is TLS")
     openai.add_argument(
         "--insecure", action="store_true", help="allow --host beyond loopback with no API key"

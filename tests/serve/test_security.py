@@ -110,7 +110,9 @@ def test_exposing_needs_a_key_or_client_certificates(
     assert "--api-key-file" in message and "--insecure" in message
 
 
-def test_serve_refuses_an_open_exposure_and_starts_nothing(clip_repo: Path, capsys) -> None:
+def test_serve_refuses_an_open_exposure_and_starts_nothing(
+    clip_repo: Path, capsys, tmp_path: Path
+) -> None:
     from vlpserve.cli import main
 
     before = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()}
@@ -121,6 +123,13 @@ def test_serve_refuses_an_open_exposure_and_starts_nothing(clip_repo: Path, caps
     assert "front door on 0.0.0.0" in capsys.readouterr().err
     assert main(["openai", "--triton", "127.0.0.1:1", "--host", "0.0.0.0"]) == 1
     assert "--insecure" in capsys.readouterr().err
+    key = tmp_path / "server-key"
+    key.write_text(KEY)
+    keyed = ["serve", str(clip_repo), "--api-key-file", str(key), "--openai-port", "1"]
+    assert main(keyed) == 1  # the front door would answer without the server's key
+    assert "--openai-key-file" in capsys.readouterr().err
+    assert main([*keyed, "--openai-key-file", str(key)]) == 1  # the same key
+    assert "key of their own" in capsys.readouterr().err
     started = {p.name for p in Path("/proc").iterdir() if p.name.isdigit()} - before
     assert not any("tritonserver" in _comm(pid) for pid in started)
 
