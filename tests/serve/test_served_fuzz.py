@@ -92,7 +92,7 @@ def test_fuzzed_traffic_gets_only_answers_and_invalid_argument(triton, photos) -
 
     rng = random.Random(20261129)
     samples = list(photos.values())
-    restarts, stub_pids = triton.restarts(), {s.pid for s in stubs(triton.pid)}
+    restarts, stub_pids = triton.restarts, {s.pid for s in stubs(triton.pid)}
     work = [_request(rng, samples) for _ in range(REQUESTS)]
     outcomes: collections.Counter[str] = collections.Counter()
     unexpected: list[str] = []
@@ -123,5 +123,5 @@ def test_fuzzed_traffic_gets_only_answers_and_invalid_argument(triton, photos) -
     assert outcomes["ok"] > REQUESTS / 5 and outcomes["invalid"] > REQUESTS / 5, outcomes
     assert ready and triton.healthy()
     # No stub died on the way (the launcher would have reloaded its model unseen).
-    assert triton.restarts() == restarts
+    assert triton.restarts == restarts
     assert {s.pid for s in stubs(triton.pid)} == stub_pids
