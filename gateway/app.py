@@ -62,8 +62,8 @@ class GatewayOptions:
     Bounds: ``max_body_bytes`` per request (413), ``max_items`` per ``input`` (400), the body
     within ``body_timeout_s`` (408), a request head within ``head_timeout_s`` of connecting
     or of the previous response (the connection is closed), ``max_connections`` at once
-    (503 beyond). Each request keeps at most ``parts_in_flight`` chunks of its items in the
-    server's queues, so a large request cannot starve small ones.
+    (503 beyond). Each request keeps at most ``parts_in_flight`` batches of its items in
+    the client's queue of chunks, so a large request cannot starve small ones.
     """
 
     triton: str

@@ -75,9 +75,9 @@ def _moved(exc: ClientError, positions: list[int]) -> APIError:
 async def in_parts(
     call: Callable[[list[Any]], Awaitable[Any]], values: list[Any], part: int, at: list[int]
 ) -> list[Any]:
-    """``call`` on ``part`` values at a time, one part after another: a request keeps at
-    most one part's chunks in the server's queues, so others' requests get in between
-    (the client's chunks of a call share one first-come queue). Errors name the caller's
+    """``call`` on ``part`` values at a time, one part after another: the client's chunks
+    wait in one first-come queue (its concurrency limit), and a request keeps at most one
+    part's chunks there, so others' requests get in between. Errors name the caller's
     ``input[i]`` (``at``: each value's position)."""
     found = []
     for start in range(0, len(values), part):

@@ -64,10 +64,12 @@ def test_deeply_nested_json_is_a_400(door, opening: str) -> None:
 
 
 def test_a_large_request_does_not_starve_small_ones(door) -> None:
-    """2048 texts in flight; a one-text request sent meanwhile is answered long before
-    the large one (it queues behind one part of it, not all of it)."""
+    """2048 texts in flight; a 12-text request sent meanwhile is answered long before the
+    large one (it queues behind one part of it, not all of it)."""
     large = json.dumps({"model": "clip", "input": [f"text number {i}" for i in range(2048)]})
-    small = json.dumps({"model": "clip", "input": ["a small request"]}).encode()
+    # Three batches (12 texts): split, it shares the client's queue of chunks (one text
+    # alone would skip that queue).
+    small = json.dumps({"model": "clip", "input": [f"small {i}" for i in range(12)]}).encode()
     finished: dict[str, float] = {}
 
     def send_large() -> None:
