@@ -63,27 +63,38 @@ def test_deeply_nested_json_is_a_400(door, opening: str) -> None:
     assert status == 400 and "nested too deeply" in answer["error"]["message"]
 
 
-def test_a_large_request_does_not_starve_small_ones(door) -> None:
-    """2048 texts in flight; a 12-text request sent meanwhile is answered long before the
-    large one (it queues behind one part of it, not all of it)."""
-    large = json.dumps({"model": "clip", "input": [f"text number {i}" for i in range(2048)]})
-    # Three batches (12 texts): split, it shares the client's queue of chunks (one text
-    # alone would skip that queue).
+def test_a_large_request_does_not_starve_small_ones(door, triton) -> None:
+    """2048 long texts in flight; a 12-text request sent once the large one is being
+    computed is answered long before it (it queues behind one part of it, not all of it).
+    Three batches, so it shares the client's queue of chunks (a single chunk skips it)."""
+    import tritonclient.grpc as grpcclient
+
+    texts = [f"text number {i} " + "with a long tail of words " * 8 for i in range(2048)]
+    large = json.dumps({"model": "clip", "input": texts}).encode()
     small = json.dumps({"model": "clip", "input": [f"small {i}" for i in range(12)]}).encode()
+    stats = grpcclient.InferenceServerClient(triton.grpc_url)
+
+    def served() -> int:
+        entry = stats.get_inference_statistics("clip_text", as_json=True)["model_stats"][0]
+        return int(entry["inference_stats"]["success"].get("count", 0))
+
     finished: dict[str, float] = {}
 
     def send_large() -> None:
-        assert _post(door.url, large.encode(), timeout=300)[0] == 200
+        assert _post(door.url, large, timeout=300)[0] == 200
         finished["large"] = time.monotonic()
 
+    before = served()
     started = time.monotonic()
     thread = threading.Thread(target=send_large)
     thread.start()
-    time.sleep(1.0)  # the large one is being served
+    while served() < before + 40 and thread.is_alive():  # the large one is being computed
+        time.sleep(0.01)
     sent = time.monotonic()
     assert _post(door.url, small)[0] == 200
     finished["small"] = time.monotonic()
     thread.join(300)
+    stats.close()
     large_took = finished["large"] - started
     assert finished["small"] < finished["large"], finished
     assert finished["small"] - sent < 0.25 * large_took, (finished["small"] - sent, large_took)
