@@ -187,6 +187,17 @@ def _serve_args(options: DeployOptions, startup_s: int) -> list[str]:
         str(HTTP_PORT),
         "--metrics-port",
         str(METRICS_PORT),
+    ]
+    if options.tls_secret:
+        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
+        if options.mutual_tls:
+            args += ["--tls-ca", f"{TLS_DIR}/ca.crt"]
+    return args + _launcher_args(options, startup_s)
+
+
+def _launcher_args(options: DeployOptions, startup_s: int) -> list[str]:
+    """``vlpserve serve`` options every pod takes, the Deployment's and KServe's alike."""
+    args = [
         "--grace-seconds",
         str(options.grace_s),
         "--startup-timeout",
@@ -195,10 +206,6 @@ def _serve_args(options: DeployOptions, startup_s: int) -> list[str]:
         NGC_TRITONSERVER,
         "--log-stdout",
     ]
-    if options.tls_secret:
-        args += ["--tls-cert", f"{TLS_DIR}/tls.crt", "--tls-key", f"{TLS_DIR}/tls.key"]
-        if options.mutual_tls:
-            args += ["--tls-ca", f"{TLS_DIR}/ca.crt"]
     if options.api_key_secret:
         args += ["--api-key-file", f"{KEY_DIR}/{KEY_FILE}"]
     if options.insecure:
@@ -475,29 +482,16 @@ def inference_service(options: DeployOptions, shape: RepositoryShape) -> Object:
     the command turns them into ``vlpserve serve /mnt/models ...``: gRPC on the pod's
     address, HTTP on its loopback (the exec probes), model control closed."""
     startup_s = options.startup_s or shape.startup_seconds(options.gpus)
-    args = [
-        "--host",
-        "0.0.0.0",
-        "--grace-seconds",
-        str(options.grace_s),
-        "--startup-timeout",
-        str(startup_s),
-        "--tritonserver",
-        NGC_TRITONSERVER,
-        "--log-stdout",
-    ]
+    args = ["--host", "0.0.0.0", *_launcher_args(options, startup_s)]
     mounts: list[Object] = [
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
     volumes: list[Object] = [_shm_volume(options, shape), {"name": "tmp", "emptyDir": {}}]
     if options.api_key_secret:
-        args += ["--api-key-file", f"{KEY_DIR}/{KEY_FILE}"]
         volume, mount = _api_key_volume(options)
         volumes.append(volume)
         mounts.append(mount)
-    if options.insecure:
-        args.append("--insecure")
     probe = health_probe(KSERVE_HTTP_PORT)
     model: Object = {
         "modelFormat": {"name": "triton"},
