@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from vlpserve.errors import ServeError
+from vlpserve.serve.drain import calls, waves
 from vlpserve.serve.logsink import MAX_BYTES, LogSink
 from vlpserve.serve.security import Security, dial
 from vlpserve.serve.supervisor import StubWatch, memory, metrics_text, outstanding
@@ -240,19 +241,28 @@ class TritonServer:
         return Path(self._workdir.name if self._workdir else ".") / "draining"
 
     def drain(self, timeout_s: float) -> bool:
-        """Stop generation models taking new requests and wait until the ones they took
-        have had their final responses (Triton waits for other models' requests itself,
-        not for a decoupled model's). True when nothing is left."""
+        """Within ``timeout_s``: stop generation models taking new requests and wait until
+        the ones they took have had their final responses (Triton waits for other models'
+        requests itself, not for a decoupled model's), then unload the models whose work
+        reaches other models, callers first, each once its requests have answered (see
+        serve/drain.py). True when nothing is left in flight."""
         self._drain_file.touch()
         deadline = time.monotonic() + timeout_s
         while self.running():
             if outstanding(metrics_text(self.metrics_url)) == 0:
-                return True
+                break
             if time.monotonic() >= deadline:
                 logger.warning("generation requests still in flight after %.0f s", timeout_s)
                 return False
             time.sleep(0.1)
-        return True
+        if not self.running():
+            return True
+        try:
+            with self.admin() as admin:
+                return admin.unload_callers(deadline)
+        except Exception as exc:  # the stop goes on: tritonserver's own stop still follows
+            logger.warning("could not unload the ensembles before stopping: %s", exc)
+            return False
 
     def start(self) -> TritonServer:
         """Start the server and block until it is ready (ServeError on failure)."""
@@ -471,6 +481,54 @@ class _Admin:
         self.stub.RepositoryModelLoad(
             request, timeout=timeout_s, metadata=self.security.metadata(admin=True)
         )
+
+    def configs(self, timeout_s: float = 10) -> dict[str, Any]:
+        """The configuration of every ready model."""
+        from tritonclient.grpc import service_pb2 as pb
+
+        index = self.stub.RepositoryIndex(
+            pb.RepositoryIndexRequest(ready=True),
+            timeout=timeout_s,
+            metadata=self.security.metadata(admin=True),
+        )
+        return {
+            model.name: self.stub.ModelConfig(
+                pb.ModelConfigRequest(name=model.name),
+                timeout=timeout_s,
+                metadata=self.security.metadata(),
+            ).config
+            for model in index.models
+        }
+
+    def unloading(self, models: set[str], timeout_s: float = 10) -> set[str]:
+        """Those of ``models`` not yet fully unloaded (a request in flight holds its model)."""
+        from tritonclient.grpc import service_pb2 as pb
+
+        index = self.stub.RepositoryIndex(
+            pb.RepositoryIndexRequest(),
+            timeout=timeout_s,
+            metadata=self.security.metadata(admin=True),
+        )
+        return {m.name for m in index.models if m.name in models and m.state != "UNAVAILABLE"}
+
+    def unload_callers(self, deadline: float) -> bool:
+        """Unload the models that call others, in waves (serve/drain.py), each wave once
+        the one before has answered its requests; False when ``deadline`` came first."""
+        from tritonclient.grpc import service_pb2 as pb
+
+        for wave in waves(calls(self.configs())):
+            for model in wave:
+                self.stub.RepositoryModelUnload(
+                    pb.RepositoryModelUnloadRequest(model_name=model),
+                    timeout=10,
+                    metadata=self.security.metadata(admin=True),
+                )
+            while left := self.unloading(set(wave)):
+                if time.monotonic() >= deadline:
+                    logger.warning("requests still in flight at %s", ", ".join(sorted(left)))
+                    return False
+                time.sleep(0.05)
+        return True
 
     def __enter__(self) -> _Admin:
         return self

@@ -158,6 +158,71 @@ def test_sigterm_under_load_finishes_what_is_in_flight(python_repo: Path, photos
     assert refusal is not None and "the server is stopping" in str(refusal), refusal
 
 
+def _photo_12mpx(photos: dict[str, bytes]) -> bytes:
+    """A 4000x3000 JPEG (the sample photo upscaled): a few hundred ms to decode."""
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB").resize((4000, 3000)).save(
+        out, "JPEG", quality=90
+    )
+    return out.getvalue()
+
+
+def _cpu_ticks(pid: int) -> int:
+    """User and system CPU time of a process, in clock ticks."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+@pytest.mark.parametrize("through", ["serve", "tritonserver"])
+def test_an_ensemble_whose_first_step_runs_at_sigterm_answers(
+    clip_repo: Path, photos, through: str
+) -> None:
+    """An image request whose decoding (the ensemble's first step) is running when SIGTERM
+    comes gets its embeddings: `vlpserve serve` unloads the ensembles, callers first, and
+    signals tritonserver once they have answered (serve/drain.py). The control signals
+    tritonserver itself: the second step is then refused, as Triton 2.51 does."""
+    photo = _photo_12mpx(photos)
+    with Serve(clip_repo, "--grace-seconds", "20") as serve:
+        serve.wait_for("serving")
+        (decoder,) = [s.pid for s in stubs(serve.tritonserver()) if "preprocessor" in s.model]
+        idle = _cpu_ticks(decoder)
+        client = Client(serve.grpc_url, retries=0, timeout_s=60)
+        result: list[object] = []
+        call = threading.Thread(
+            target=lambda: result.append(_outcome(lambda: client.embed_images([photo] * 8)))
+        )
+        call.start()
+        # Decoding: 0.2 s of CPU spent out of the 2 s or so that eight such photos take.
+        deadline = time.monotonic() + 30
+        while _cpu_ticks(decoder) - idle < 0.2 * os.sysconf("SC_CLK_TCK"):
+            assert time.monotonic() < deadline and call.is_alive(), result
+            time.sleep(0.01)
+        if through == "serve":
+            code, out, err = serve.stop(signal.SIGTERM, timeout_s=40)
+        else:
+            os.kill(serve.tritonserver(), signal.SIGTERM)
+        call.join(timeout=60)
+        client.close()
+    (outcome,) = result
+    if through == "serve":
+        assert code == 0, (code, out[-2000:], err[-2000:])
+        assert isinstance(outcome, np.ndarray) and outcome.shape[0] == 8, outcome
+    else:
+        assert isinstance(outcome, ServerUnavailable), outcome
+        assert "stopped accepting new inference requests" in str(outcome), outcome
+
+
+def _outcome(call: Callable[[], object]) -> object:
+    try:
+        return call()
+    except Exception as exc:  # judged by the test
+        return exc
+
+
 def test_sigkill_of_serve_leaves_nothing_behind(clip_repo: Path) -> None:
     with Serve(clip_repo) as serve:
         serve.wait_for("serving")
