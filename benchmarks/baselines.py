@@ -167,6 +167,62 @@ def _with_input_work(
     return text, image
 
 
+def photo_embedding(
+    checkpoint: str, export_dir: Path, corpus: list[bytes], *, batches: tuple[int, ...] = (1, 8)
+) -> dict[str, dict[int, float]]:
+    """Images/s over the photo corpus, each side doing all of its own work on the encoded
+    bytes: Hugging Face eager as its users load images (``load_image``: EXIF orientation,
+    RGB) and its processor, then ``get_image_features``; ONNX Runtime after the server's
+    decode code on one thread per core, exact and ``fast``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+    from PIL import Image
+    from transformers import AutoModel, AutoProcessor
+    from transformers.image_utils import load_image
+
+    from vlpserve.contract import PIXEL_VALUES
+    from vlpserve.model_repository.runtime.images import ImagePreprocessing
+    from vlpserve.model_repository.runtime.params import InputLimits, register_image_plugins
+    from vlpserve.ort import usable_cpus
+
+    register_image_plugins()
+    device, dtype = _device()
+    model = AutoModel.from_pretrained(checkpoint, dtype=dtype).to(device).eval()
+    processor = AutoProcessor.from_pretrained(checkpoint).image_processor
+    graph = _ort(ExportFolder(export_dir).graph("image_encoder"))
+    config = ExportFolder(export_dir).preprocessor_file
+    pool = ThreadPoolExecutor(max_workers=usable_cpus())
+
+    def hf(batch: int) -> Callable[[], object]:
+        data = [corpus[i % len(corpus)] for i in range(batch)]
+
+        def run() -> object:
+            images = [load_image(Image.open(io.BytesIO(d))) for d in data]
+            values = processor(images=images, return_tensors="pt")["pixel_values"]
+            with torch.no_grad():
+                return model.get_image_features(pixel_values=values.to(device, dtype))
+
+        return run
+
+    def ort(decode: str) -> Callable[[int], Callable[[], object]]:
+        steps = ImagePreprocessing.from_file(config, limits=InputLimits(decode=decode))
+
+        def at(batch: int) -> Callable[[], object]:
+            data = [corpus[i % len(corpus)] for i in range(batch)]
+            return lambda: graph.run(
+                None, {PIXEL_VALUES: np.stack(list(pool.map(steps.preprocess, data, range(batch))))}
+            )
+
+        return at
+
+    return {
+        "hf_eager": _rates(batches, hf),
+        "onnxruntime_e2e": _rates(batches, ort("exact")),
+        "onnxruntime_e2e_fast": _rates(batches, ort("fast")),
+    }
+
+
 def groupvit_segment(
     checkpoint: str,
     export_dir: Path,

@@ -19,7 +19,8 @@ import numpy as np
 from vlpserve.benchmarks import baselines, pinning, triton_stats
 from vlpserve.benchmarks import report as reports
 from vlpserve.benchmarks.load import Point, closed_loop, open_loop, sender
-from vlpserve.benchmarks.scenarios import Scenario, build_scenarios
+from vlpserve.benchmarks.photos import photo_corpus
+from vlpserve.benchmarks.scenarios import PHOTO_SCENARIOS, Scenario, build_scenarios
 from vlpserve.errors import ConfigError
 from vlpserve.export.checkpoints import Size
 from vlpserve.export.common import Precision
@@ -44,6 +45,7 @@ ALL_SCENARIOS = (
     "blip_caption_beam3",
     "blip_itm",
     "blip_vqa",
+    *PHOTO_SCENARIOS,
 )
 CHECKPOINT_OF = {
     "clip_text": "clip",
@@ -60,6 +62,11 @@ CHECKPOINT_OF = {
     "blip_caption_beam3": "blip-caption",
     "blip_itm": "blip-itm",
     "blip_vqa": "blip-vqa",
+    "clip_image_photo": "clip",
+    "siglip_image_photo": "siglip",
+    "groupvit_segment_photo": "groupvit",
+    "blip_caption_photo": "blip-caption",
+    "blip_itm_photo": "blip-itm",
 }
 
 
@@ -92,6 +99,7 @@ class BenchOptions:
     encoder_instances: int = 1
     encoder_threads: int = 0
     preprocess: str = "host"  # repo build's --preprocess
+    decode: str = "exact"  # repo build's --decode
     max_queue_delay_us: int = 0  # repo build's --max-queue-delay-us
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
@@ -227,7 +235,10 @@ def _pixel_values(export_dir: Path, photos: dict[str, bytes]) -> np.ndarray:
 
 
 def _baselines(
-    wanted: list[str], deployed: dict[str, tuple[str, Path]], photos: dict[str, bytes]
+    wanted: list[str],
+    deployed: dict[str, tuple[str, Path]],
+    photos: dict[str, bytes],
+    corpus: list[bytes] | None = None,
 ) -> dict[str, dict[str, dict[int, float]]]:
     out: dict[str, dict[str, dict[int, float]]] = {}
     if "clip" in deployed and {"clip_text", "clip_image", "clip_image_tensor"} & set(wanted):
@@ -241,6 +252,9 @@ def _baselines(
         source, export_dir = deployed["siglip"]
         found = baselines.dual_encoder("siglip", source, export_dir, photos)
         out |= {k: v for k, v in found.items() if k in wanted}
+    for family in ("clip", "siglip"):
+        if family in deployed and f"{family}_image_photo" in wanted and corpus:
+            out[f"{family}_image_photo"] = baselines.photo_embedding(*deployed[family], corpus)
     if "groupvit" in deployed and "groupvit_segment" in wanted:
         out |= baselines.groupvit_segment(*deployed["groupvit"], photos)
     if "blip-caption" in deployed:
@@ -296,13 +310,18 @@ def run_bench(
             encoder_threads=_encoder_threads(options),
             preprocess=Preprocess(options.preprocess),
             max_queue_delay_us=options.max_queue_delay_us,
+            decode=options.decode,
         )
         cpus = frozenset(options.server_cpus) or None
         server = TritonServer(repo, startup_timeout_s=600, cpus=cpus).start()
         url, metrics_url = server.grpc_url, server.metrics_url
     options = _with(options, metrics_url=metrics_url)
     pixels = _pixel_values(deployed["clip"][1], photos) if "clip" in deployed else None
-    known = build_scenarios(photos, pixels)
+    corpus = None
+    if set(options.scenarios) & set(PHOTO_SCENARIOS):
+        progress("making the photo corpus")
+        corpus = list(photo_corpus().values())
+    known = build_scenarios(photos, pixels, corpus)
     if options.soak_s:
         try:
             return _soak(options, url, known, server, progress)
@@ -373,7 +392,7 @@ def run_bench(
         # After the server stops: the baselines then have the machine (CPU and memory) alone.
         with pinning.pinned(options.server_cpus):
             progress("in-process baselines")
-            result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos)
+            result["baselines"] = _baselines(list(result["scenarios"]), deployed, photos, corpus)
     result["comparisons"] = reports.comparisons(result)
     result["elapsed_s"] = time.monotonic() - started
     files = reports.write(result, options.out)

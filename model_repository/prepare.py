@@ -26,6 +26,7 @@ from vlpserve.export.siglip_checkpoints import SIGLIP_BASE_HUB_ID, build_siglip
 from vlpserve.layout import ExportFolder
 from vlpserve.model_repository.builder import RepositoryOptions, build_repository
 from vlpserve.model_repository.config import Device, Preprocess
+from vlpserve.model_repository.runtime.params import InputLimits
 from vlpserve.progress import progress
 
 logger = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ def prepare_repository(
     encoder_threads: int = 0,
     preprocess: Preprocess = Preprocess.HOST,
     max_queue_delay_us: int = 0,
+    decode: str = "exact",
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (``models`` by name, else the hub's or seeded ones), their exports and
     one repository ``<workdir>/model_repository``, built afresh.
@@ -133,6 +135,7 @@ def prepare_repository(
                 encoder_threads=encoder_threads,
                 preprocess=preprocess,
                 max_queue_delay_us=max_queue_delay_us,
+                limits=InputLimits(decode=decode),
             )
         )
         deployed[name] = (source, export_dir)

@@ -42,6 +42,17 @@ SCORES = "scores"
 FRACTIONS = "fractions"
 TOKEN_COUNT = "TOKEN_COUNT"  # tokens of each text, as the served tokenizer counts them
 
+# The encoded images the raw models take. What users upload: phone photos (JPEG; HEIC, an
+# iPhone's default; AVIF), screenshots (PNG), web images. PIL knows some 40 formats (TIFF,
+# ICO, PPM, TGA, SGI, DDS, JPEG 2000; EPS runs Ghostscript), each a decoder an attacker may
+# aim at. PIL's names, comma-separated. HEIF is pillow-heif's (libheif; [runtime] installs
+# it), AVIF Pillow's own (11.3+ wheels, libavif).
+IMAGE_FORMATS = "JPEG,PNG,WEBP,GIF,BMP,HEIF,AVIF"
+# How JPEGs are decoded: "exact", in full, bit-equal to the Hugging Face processor; "fast",
+# at the smallest of libjpeg's 1/2, 1/4, 1/8 DCT scales that leaves twice the model's input
+# (runtime.images), parity-gated (tests/model_repository/test_photos.py).
+DECODE = ("exact", "fast")
+
 # BLIP graphs.
 LOGITS = "logits"
 POSITION_IDS = "position_ids"

@@ -3,13 +3,19 @@
 ``ImagePreprocessing`` reads a ``preprocessor_config.json`` (CLIPImageProcessor,
 BlipImageProcessor) and reproduces its steps with the same element types, so its output is
 the processor's output: convert to RGB, resize with PIL, center crop, rescale in float64
-then cast to float32, normalise, channels first.
+then cast to float32, normalise, channels first. Decoding is transformers' ``load_image``:
+the EXIF orientation applied (a phone photo taken upright is stored sideways with a tag).
+
+With ``decode="fast"`` a JPEG is decoded at a reduced scale in libjpeg's DCT domain (PIL's
+``draft``), the smallest of 1/2, 1/4, 1/8 that leaves at least twice the model's input on
+each side, and then resized as usual: not bit-equal, parity-gated.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -17,10 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from vlpserve.model_repository.runtime.errors import InputItemError
-from vlpserve.model_repository.runtime.params import InputLimits
+from vlpserve.model_repository.runtime.params import InputLimits, register_image_plugins
+
+register_image_plugins()
+# EXIF's orientation tag; 1 is upright.
+ORIENTATION = 0x0112
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +104,11 @@ class ImagePreprocessing:
                 # Only the accepted formats' decoders are tried; the header alone is read.
                 image: Image.Image = Image.open(io.BytesIO(data), formats=limits.formats)
                 self._check_size(image, index)
+                if limits.decode == "fast":
+                    self._draft(image)
                 image.load()  # decodes fully: truncated data fails here
+                if image.getexif().get(ORIENTATION, 1) != 1:
+                    ImageOps.exif_transpose(image, in_place=True)
         except InputItemError:
             raise
         except Image.UnidentifiedImageError as exc:
@@ -143,6 +157,19 @@ class ImagePreprocessing:
             white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
             return Image.alpha_composite(white, rgba).convert("RGB")
         return image if image.mode == "RGB" else image.convert("RGB")
+
+    def _draft(self, image: Image.Image) -> None:
+        """Ask a JPEG's decoder for the smallest DCT scale whose sides stay at least twice
+        the model's input (other formats ignore it)."""
+        width, height = image.size
+        if self.resize_to:
+            scale = max(2 * self.resize_to[1] / width, 2 * self.resize_to[0] / height)
+        elif self.resize_shortest_edge:
+            scale = 2 * self.resize_shortest_edge / min(width, height)
+        else:
+            return
+        if scale < 0.5:
+            image.draft(None, (math.ceil(width * scale), math.ceil(height * scale)))
 
     def _check_size(self, image: Image.Image, index: int) -> None:
         """The image, and the image resized for the model (an extreme aspect ratio grows

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from vlpserve.contract import DECODE, IMAGE_FORMATS
+
 P = TypeVar("P", bound="ModelParams")
 
 
@@ -76,9 +78,15 @@ class ModelParams:
 
 
 TRANSPARENT_TO = ("white", "ignore")
-# What users upload: PIL knows some 40 formats (TIFF, ICO, PPM, TGA, SGI, DDS, JPEG 2000;
-# EPS runs Ghostscript), each a decoder an attacker may aim at. PIL's names, comma-separated.
-IMAGE_FORMATS = "JPEG,PNG,WEBP,GIF,BMP"
+
+
+def register_image_plugins() -> None:
+    """Lets PIL open HEIF/HEIC through pillow-heif where it is installed (idempotent)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # InputLimits then names the extra when HEIF is asked for
+        return
+    register_heif_opener()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +104,7 @@ class InputLimits(ModelParams):
     # 5's image processors do; "ignore", the alpha dropped and the colour beneath kept, as
     # 4.x's did. repo build takes the convention of the transformers the export was made with.
     transparent_to: str = "white"
+    decode: str = "exact"  # or "fast": JPEGs at a reduced DCT scale (DECODE)
 
     def __post_init__(self) -> None:
         if min(self.max_image_bytes, self.max_image_pixels, self.min_image_side) < 1:
@@ -104,9 +113,22 @@ class InputLimits(ModelParams):
             raise ValueError("max_text_bytes must be >= 1")
         if self.transparent_to not in TRANSPARENT_TO:
             raise ValueError(f"transparent_to is one of {TRANSPARENT_TO}")
+        if self.decode not in DECODE:
+            raise ValueError(f"decode is one of {DECODE}")
         from PIL import Image
 
+        register_image_plugins()
         Image.init()
+        if "HEIF" in self.formats and "HEIF" not in Image.OPEN:
+            raise ValueError(
+                "image format HEIF needs pillow-heif: pip install 'vlpserve[runtime]' "
+                "(or leave HEIF out of the image formats)"
+            )
+        if "AVIF" in self.formats and "AVIF" not in Image.OPEN:
+            raise ValueError(
+                "image format AVIF needs Pillow 11.3 or later built with libavif "
+                "(or leave AVIF out of the image formats)"
+            )
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if not self.formats or unknown:
             known = ", ".join(sorted(Image.OPEN))

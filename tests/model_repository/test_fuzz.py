@@ -222,11 +222,20 @@ def test_generation_input(
         assert len(found.prompt) + found.params.max_new_tokens <= 512  # type: ignore[attr-defined]
 
 
-def test_exif_rotation_is_ignored_as_hugging_face_ignores_it(clip_steps, reference) -> None:
+def _opened(data: bytes) -> Image.Image:
+    """The image as transformers opens it (``load_image``: the EXIF orientation applied)."""
+    from PIL import ImageOps
+
+    return ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+
+
+def test_exif_rotation_is_applied_as_hugging_face_applies_it(clip_steps, reference) -> None:
     data = SAMPLES["exif-rotated.jpg"]
     ours = clip_steps.preprocess(data, 0)
-    theirs = reference.processor(images=Image.open(io.BytesIO(data)), return_tensors="np")
+    theirs = reference.processor(images=_opened(data), return_tensors="np")
     np.testing.assert_allclose(ours, theirs["pixel_values"][0], atol=1e-6)
+    unturned = reference.processor(images=Image.open(io.BytesIO(data)), return_tensors="np")
+    assert np.abs(ours - unturned["pixel_values"][0]).max() > 0.1  # it was turned
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
@@ -242,5 +251,5 @@ def test_every_sample_format(clip_steps, reference, name: str) -> None:
         if name == "tiff":
             assert "image format TIFF is not accepted" in str(exc)
         return
-    theirs = reference.processor(images=Image.open(io.BytesIO(data)), return_tensors="np")
+    theirs = reference.processor(images=_opened(data), return_tensors="np")
     np.testing.assert_allclose(ours, theirs["pixel_values"][0], atol=1e-6, err_msg=name)
