@@ -76,6 +76,7 @@ class Scenario:
 # HEIC), one image per request in turn, as users send them.
 PHOTO_SCENARIOS = (
     "clip_image_photo",
+    "clip_image_12mpx",
     "siglip_image_photo",
     "groupvit_segment_photo",
     "blip_caption_photo",
@@ -86,7 +87,7 @@ PHOTO_SCENARIOS = (
 def build_scenarios(
     photos: dict[str, bytes],
     pixel_values: np.ndarray | None = None,
-    corpus: list[bytes] | None = None,
+    corpus: dict[str, bytes] | None = None,
 ) -> dict[str, Scenario]:
     """Every scenario vlpserve knows, keyed by name (the ``_photo`` ones given ``corpus``)."""
     jpegs = jpeg_photos(photos)
@@ -227,12 +228,14 @@ def build_scenarios(
     return {s.name: s for s in scenarios}
 
 
-def _photo_scenarios(corpus: list[bytes]) -> list[Scenario]:
+def _photo_scenarios(corpus: dict[str, bytes]) -> list[Scenario]:
     """The image scenarios again, over the photo corpus: the server's decoding shows in the
     pre-processing model's share of the breakdown."""
+    photos = list(corpus.values())
+    camera = corpus["camera_12mpx.jpg"]
 
     def pick(i: int) -> bytes:
-        return corpus[i % len(corpus)]
+        return photos[i % len(photos)]
 
     what = "one corpus photo per request (3-12 Mpx JPEG, 4K PNG, 12 Mpx HEIC in turn)"
     embeddings = [
@@ -248,6 +251,13 @@ def _photo_scenarios(corpus: list[bytes]) -> list[Scenario]:
     ]
     return [
         *embeddings,
+        Scenario(
+            name="clip_image_12mpx",
+            model="clip_image",
+            stats_models=("clip_image_preprocessor", "clip_image_encoder"),
+            send=lambda c, i: c.embed_images([camera]),
+            description="the corpus's 4000x3000 camera JPEG (2.1 MB, quality 90) per request",
+        ),
         Scenario(
             name="groupvit_segment_photo",
             model="groupvit_segment",

@@ -63,6 +63,7 @@ CHECKPOINT_OF = {
     "blip_itm": "blip-itm",
     "blip_vqa": "blip-vqa",
     "clip_image_photo": "clip",
+    "clip_image_12mpx": "clip",
     "siglip_image_photo": "siglip",
     "groupvit_segment_photo": "groupvit",
     "blip_caption_photo": "blip-caption",
@@ -238,7 +239,7 @@ def _baselines(
     wanted: list[str],
     deployed: dict[str, tuple[str, Path]],
     photos: dict[str, bytes],
-    corpus: list[bytes] | None = None,
+    corpus: dict[str, bytes] | None = None,
 ) -> dict[str, dict[str, dict[int, float]]]:
     out: dict[str, dict[str, dict[int, float]]] = {}
     if "clip" in deployed and {"clip_text", "clip_image", "clip_image_tensor"} & set(wanted):
@@ -252,9 +253,14 @@ def _baselines(
         source, export_dir = deployed["siglip"]
         found = baselines.dual_encoder("siglip", source, export_dir, photos)
         out |= {k: v for k, v in found.items() if k in wanted}
-    for family in ("clip", "siglip"):
-        if family in deployed and f"{family}_image_photo" in wanted and corpus:
-            out[f"{family}_image_photo"] = baselines.photo_embedding(*deployed[family], corpus)
+    for name, family, only in (
+        ("clip_image_photo", "clip", None),
+        ("clip_image_12mpx", "clip", "camera_12mpx.jpg"),
+        ("siglip_image_photo", "siglip", None),
+    ):
+        if family in deployed and name in wanted and corpus:
+            sent = [corpus[only]] if only else list(corpus.values())
+            out[name] = baselines.photo_embedding(*deployed[family], sent)
     if "groupvit" in deployed and "groupvit_segment" in wanted:
         out |= baselines.groupvit_segment(*deployed["groupvit"], photos)
     if "blip-caption" in deployed:
@@ -320,7 +326,7 @@ def run_bench(
     corpus = None
     if set(options.scenarios) & set(PHOTO_SCENARIOS):
         progress("making the photo corpus")
-        corpus = list(photo_corpus().values())
+        corpus = photo_corpus()
     known = build_scenarios(photos, pixels, corpus)
     if options.soak_s:
         try:
