@@ -251,7 +251,7 @@ class Client(ClientBase):
     def embed_images(self, images: Sequence[ImageInput]) -> np.ndarray:
         """L2-normalised image embeddings, one row per image (float32).
 
-        Images may be encoded bytes (JPEG/PNG/WebP), paths, PIL images or uint8 arrays.
+        Images may be encoded bytes (JPEG/PNG/WebP/HEIC/AVIF), paths, PIL images or uint8 arrays.
         """
         return self._run(calls.embed_images(self.models, images))
 

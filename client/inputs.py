@@ -11,7 +11,8 @@ import numpy as np
 
 from vlpserve.errors import InvalidInput
 
-# bytes (encoded JPEG/PNG/WebP), a file path, a PIL.Image.Image, or an HxW / HxWxC uint8 array.
+# bytes (encoded JPEG/PNG/WebP/HEIC/AVIF), a file path, a PIL.Image.Image, or an HxW / HxWxC
+# uint8 array.
 ImageInput: TypeAlias = "bytes | str | Path | Any"
 
 

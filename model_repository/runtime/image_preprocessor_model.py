@@ -1,4 +1,4 @@
-"""Python-backend image pre-processing: IMAGE (encoded JPEG/PNG/WebP bytes) -> pixel_values.
+"""Python-backend image pre-processing: IMAGE (encoded image bytes) -> pixel_values.
 
 Every image of every request is decoded on a thread pool (PIL releases the GIL), so batch-1
 requests decode in parallel too; one bad image fails only its own request, with
