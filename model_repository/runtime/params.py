@@ -78,6 +78,11 @@ class ModelParams:
 
 
 TRANSPARENT_TO = ("white", "ignore")
+# Formats PIL opens only with a package beside it, and what to install.
+FORMAT_PACKAGES = {
+    "HEIF": "pillow-heif: pip install 'vlpserve[runtime]'",
+    "AVIF": "Pillow 11.3 or later built with libavif",
+}
 
 
 def register_image_plugins() -> None:
@@ -119,16 +124,11 @@ class InputLimits(ModelParams):
 
         register_image_plugins()
         Image.init()
-        if "HEIF" in self.formats and "HEIF" not in Image.OPEN:
-            raise ValueError(
-                "image format HEIF needs pillow-heif: pip install 'vlpserve[runtime]' "
-                "(or leave HEIF out of the image formats)"
-            )
-        if "AVIF" in self.formats and "AVIF" not in Image.OPEN:
-            raise ValueError(
-                "image format AVIF needs Pillow 11.3 or later built with libavif "
-                "(or leave AVIF out of the image formats)"
-            )
+        for name, needs in FORMAT_PACKAGES.items():
+            if name in self.formats and name not in Image.OPEN:
+                raise ValueError(
+                    f"image format {name} needs {needs} (or leave {name} out of the image formats)"
+                )
         unknown = [f for f in self.formats if f not in Image.OPEN]
         if not self.formats or unknown:
             known = ", ".join(sorted(Image.OPEN))

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.client.test_clip import _cosines as cosine_rows
+from tests.model_repository.test_device_images import _levels
 from vlpserve.benchmarks.photos import photo_corpus
 from vlpserve.export import hf
 from vlpserve.model_repository.runtime.errors import InputItemError
@@ -44,13 +46,6 @@ def _hf_image(data: bytes) -> Image.Image:
 def _steps(export: Path, **limits: object) -> ImagePreprocessing:
     config = export / "preprocessor" / "preprocessor_config.json"
     return ImagePreprocessing.from_file(config, limits=InputLimits(**limits))  # type: ignore[arg-type]
-
-
-def _levels(pixels: np.ndarray, steps: ImagePreprocessing) -> np.ndarray:
-    """Normalised pixels back to 0..255 levels."""
-    std = np.array(steps.std, dtype=np.float64)[:, None, None]
-    mean = np.array(steps.mean, dtype=np.float64)[:, None, None]
-    return (pixels.astype(np.float64) * std + mean) * 255
 
 
 def test_every_corpus_image_is_the_processor_s_exactly(
@@ -128,15 +123,15 @@ def _graph(export: Path) -> tuple[object, str]:
     return session, session.get_inputs()[0].name
 
 
-def _cosines(export: Path, exact: list[np.ndarray], fast: list[np.ndarray]) -> np.ndarray:
+def _graph_cosines(export: Path, exact: list[np.ndarray], fast: list[np.ndarray]) -> np.ndarray:
     """Per photo, the cosine between the graph's first outputs for the two pixel sets."""
     session, name = _graph(export)
-    found = []
-    for a, b in zip(exact, fast, strict=True):
-        (x, *_), (y, *_) = (session.run(None, {name: p[None]}) for p in (a, b))  # type: ignore[attr-defined]
-        x, y = x.reshape(-1).astype(np.float64), y.reshape(-1).astype(np.float64)
-        found.append(float(x @ y / np.linalg.norm(x) / np.linalg.norm(y)))
-    return np.array(found)
+
+    def outputs(pixels: list[np.ndarray]) -> np.ndarray:
+        runs = [session.run(None, {name: p[None]})[0] for p in pixels]  # type: ignore[attr-defined]
+        return np.stack([r.reshape(-1).astype(np.float64) for r in runs])
+
+    return cosine_rows(outputs(exact), outputs(fast))
 
 
 def _fast_against_exact(export: Path, corpus: dict[str, bytes]) -> tuple[dict, np.ndarray]:
@@ -148,7 +143,7 @@ def _fast_against_exact(export: Path, corpus: dict[str, bytes]) -> tuple[dict, n
         levels[name] = (float(diff.max()), float(diff.mean()))
         ours.append(b)
         theirs.append(a)
-    return levels, _cosines(export, theirs, ours)
+    return levels, _graph_cosines(export, theirs, ours)
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip", "blip"])
@@ -167,12 +162,6 @@ def test_fast_decoding_is_within_the_gate(
         assert most <= MAX_LEVELS and mean <= MEAN_LEVELS, (name, most, mean)
     assert cosines.min() >= MIN_COSINE, dict(zip(corpus, cosines, strict=True))
     assert max(m for m, _ in levels.values()) > 0  # the fast path did decode differently
-
-
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a / np.linalg.norm(a, axis=-1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=-1, keepdims=True)
-    return np.sum(a * b, axis=-1)
 
 
 @pytest.mark.served
@@ -195,7 +184,7 @@ def test_served_heic_avif_and_a_rotated_photo_equal_hugging_face(
         with pytest.raises(InvalidInput, match="IMAGE item 1: cannot decode"):
             client.embed_images([sent[0], sent[0][: len(sent[0]) // 3]])
     expected = reference.image_embeds([_hf_image(d) for d in sent])
-    assert _cosine_rows(served, expected).min() >= 0.9999
+    assert cosine_rows(served, expected).min() >= 0.9999
 
 
 @pytest.fixture(scope="module")
@@ -226,9 +215,9 @@ def test_served_fast_decoding_is_within_the_gate(
     with Client(triton.grpc_url, timeout_s=120) as client:
         exact = client.embed_images(sent)
     expected = reference.image_embeds([_hf_image(d) for d in sent])
-    cosines = _cosine_rows(served, expected)
+    cosines = cosine_rows(served, expected)
     assert cosines.min() >= MIN_COSINE, dict(zip(names, cosines, strict=True))
-    assert _cosine_rows(exact, expected).min() >= 0.99999  # the default: Hugging Face's
+    assert cosine_rows(exact, expected).min() >= 0.99999  # the default: Hugging Face's
     assert np.abs(served - exact).max() > 1e-6
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from tests.serve.helpers import Serve, alive, port_free
+from vlpserve.benchmarks.photos import CORPUS, corpus_photo
 from vlpserve.client import Client, DeadlineExceeded, ServerUnavailable
 from vlpserve.errors import ClientError
 from vlpserve.serve import TritonServer, free_port
@@ -158,19 +159,6 @@ def test_sigterm_under_load_finishes_what_is_in_flight(python_repo: Path, photos
     assert refusal is not None and "the server is stopping" in str(refusal), refusal
 
 
-def _photo_12mpx(photos: dict[str, bytes]) -> bytes:
-    """A 4000x3000 JPEG (the sample photo upscaled): a few hundred ms to decode."""
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.open(io.BytesIO(photos["chelsea.png"])).convert("RGB").resize((4000, 3000)).save(
-        out, "JPEG", quality=90
-    )
-    return out.getvalue()
-
-
 def _cpu_ticks(pid: int) -> int:
     """User and system CPU time of a process, in clock ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -179,13 +167,13 @@ def _cpu_ticks(pid: int) -> int:
 
 @pytest.mark.parametrize("through", ["serve", "tritonserver"])
 def test_an_ensemble_whose_first_step_runs_at_sigterm_answers(
-    clip_repo: Path, photos, through: str
+    clip_repo: Path, through: str
 ) -> None:
     """An image request whose decoding (the ensemble's first step) is running when SIGTERM
     comes gets its embeddings: `vlpserve serve` unloads the ensembles, callers first, and
     signals tritonserver once they have answered (serve/drain.py). The control signals
     tritonserver itself: the second step is then refused, as Triton 2.51 does."""
-    photo = _photo_12mpx(photos)
+    photo = corpus_photo(CORPUS[0])  # the 4000x3000 camera JPEG
     with Serve(clip_repo, "--grace-seconds", "20") as serve:
         serve.wait_for("serving")
         (decoder,) = [s.pid for s in stubs(serve.tritonserver()) if "preprocessor" in s.model]
