@@ -57,6 +57,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']} ({machine['cores']} cores), GPU: {machine['gpu'] or 'none'}; "
         f"size {report['settings']['size']}; precision {report['settings'].get('precision')}; "
         f"command: `{report['settings']['command']}`{_pinning(report['settings'])}",
+        *_placed(report["settings"]),
         "",
         "| scenario | load | items/s | req/s | p50 ms | p90 ms | p95 ms | p99 ms | p99.9 ms "
         "| max ms | stalls | errors |",
@@ -227,6 +228,14 @@ def write(report: dict[str, Any], out: Path) -> dict[str, Path]:
     for path in plots(report, out):
         files[path.stem] = path
     return files
+
+
+def _placed(settings: dict[str, Any]) -> list[str]:
+    """The layout the embedded server gave its models (repo build's auto, or a file's)."""
+    placed = settings.get("placed") or {}
+    if not placed:
+        return []
+    return ["", "Layout: " + "; ".join(f"{name} {what}" for name, what in placed.items())]
 
 
 def _pinning(settings: dict[str, Any]) -> str:

@@ -27,6 +27,7 @@ from vlpserve.export.common import Precision
 from vlpserve.export.report import ExportReport
 from vlpserve.layout import ExportFolder
 from vlpserve.model_repository.config import Device, Preprocess
+from vlpserve.model_repository.placement import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -96,12 +97,13 @@ class BenchOptions:
     baselines: bool = True
     precision: Precision = Precision.FP32  # of the graphs the embedded deployment exports
     # The embedded deployment's graph instances and their ONNX Runtime threads (repo build's
-    # --encoder-instances / --encoder-threads).
-    encoder_instances: int = 1
-    encoder_threads: int = 0
+    # --encoder-instances / --encoder-threads); None: auto, chosen by the server for its CPUs.
+    encoder_instances: int | None = None
+    encoder_threads: int | None = None
+    layout: Path | None = None  # repo build's --layout
     preprocess: str = "host"  # repo build's --preprocess
     decode: str = "exact"  # repo build's --decode
-    max_queue_delay_us: int = 0  # repo build's --max-queue-delay-us
+    max_queue_delay_us: int | None = None  # repo build's --max-queue-delay-us
     command: str = ""
     models: dict[str, str] = field(default_factory=dict)
     soak_s: float | None = None  # a soak instead of load points (concurrency: its first)
@@ -317,6 +319,7 @@ def run_bench(
             preprocess=Preprocess(options.preprocess),
             max_queue_delay_us=options.max_queue_delay_us,
             decode=options.decode,
+            layout=Layout.read(options.layout) if options.layout else None,
         )
         cpus = frozenset(options.server_cpus) or None
         server = TritonServer(repo, startup_timeout_s=600, cpus=cpus).start()
@@ -354,10 +357,12 @@ def run_bench(
             "command": options.command,
             "device": options.device or _default_device(),
             "precision": options.precision.value if deployed else "as served",
-            "encoder_instances": options.encoder_instances if deployed else "as served",
-            "encoder_threads": _encoder_threads(options) if deployed else "as served",
+            "encoder_instances": _given(options.encoder_instances, deployed),
+            "encoder_threads": _given(_encoder_threads(options), deployed),
+            "layout": str(options.layout) if options.layout else _given(None, deployed),
+            "placed": dict(server.placed) if server is not None else {},
             "preprocess": options.preprocess if deployed else "as served",
-            "max_queue_delay_us": options.max_queue_delay_us if deployed else "as served",
+            "max_queue_delay_us": _given(options.max_queue_delay_us, deployed),
             "url": options.url or "embedded tritonserver",
             **pinning.settings(options.server_cpus),
         },
@@ -558,12 +563,22 @@ def _default_device() -> str:
     return "gpu" if any(p.works for p in providers() if p.name == CUDA) else "cpu"
 
 
-def _encoder_threads(options: BenchOptions) -> int:
-    """The encoders' threads: as given, or with server CPUs and none given, those CPUs
-    shared between the instances (ORT's default would count the machine's cores)."""
-    if options.encoder_threads or not options.server_cpus:
+def _encoder_threads(options: BenchOptions) -> int | None:
+    """The encoders' threads: as given, or with instances and server CPUs given, those CPUs
+    shared between the instances (ORT's default would count the machine's cores); None:
+    auto, which the server sizes from the CPUs it is pinned to."""
+    if options.encoder_threads is not None or not options.encoder_instances:
         return options.encoder_threads
+    if not options.server_cpus:
+        return None
     return max(1, len(options.server_cpus) // options.encoder_instances)
+
+
+def _given(value: object, deployed: object) -> object:
+    """A setting of the embedded deployment as the report states it."""
+    if not deployed:
+        return "as served"
+    return "auto" if value is None else value
 
 
 def _with(options: BenchOptions, **changes: Any) -> BenchOptions:

@@ -106,11 +106,24 @@ class DeployOptions:
                 "KServe's Service speaks plaintext gRPC (h2c) to the pods: no --tls-secret "
                 "with --format kserve; --api-key-secret guards the calls"
             )
+        self.cpus  # noqa: B018 - a bad quantity is refused here, not at render time
         if not (self.api_key_secret or self.mutual_tls or self.insecure):
             raise ConfigError(
                 "the pods would answer gRPC from anyone who reaches them: add --api-key-secret, "
                 "or --tls-secret with --mutual-tls (client certificates), or --insecure"
             )
+
+    @property
+    def cpus(self) -> int:
+        """The CPUs a pod's server may use: its CPU request (and limit), rounded up."""
+        text = self.cpu.strip()
+        try:
+            value = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+        except ValueError as exc:
+            raise ConfigError(f"--cpu {self.cpu!r}: expected a CPU quantity (4, 3500m)") from exc
+        if value <= 0:
+            raise ConfigError(f"--cpu {self.cpu!r}: must be > 0")
+        return max(1, math.ceil(value))
 
     @property
     def selector(self) -> dict[str, str]:
@@ -161,7 +174,10 @@ def _resources(options: DeployOptions, shape: RepositoryShape) -> Object:
     memory = quantity(options.memory_bytes or shape.memory_bytes)
     disk = quantity(shape.disk_bytes)  # a pod filling the node's disk is evicted first
     requests: Object = {"cpu": options.cpu, "memory": memory, "ephemeral-storage": disk}
-    limits: Object = {"memory": memory, "ephemeral-storage": disk}
+    # The CPU limit equal to the request: the server then sees that many CPUs (its cgroup's
+    # quota, or an exclusive cpuset under the static CPU manager) and sizes its auto layout,
+    # and the memory above, for them rather than for the node's count.
+    limits: Object = {"cpu": options.cpu, "memory": memory, "ephemeral-storage": disk}
     if options.gpus:
         requests["nvidia.com/gpu"] = str(options.gpus)
         limits["nvidia.com/gpu"] = str(options.gpus)

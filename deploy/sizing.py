@@ -24,6 +24,7 @@ from typing import Any
 
 from vlpserve.errors import ConfigError, RepositoryError
 from vlpserve.layout import CONFIG_FILE
+from vlpserve.model_repository.placement import auto_layout, is_auto, override
 from vlpserve.serve.launcher import REMOTE_SCHEMES
 
 MIB = 1 << 20
@@ -131,8 +132,12 @@ def _round_up(value: int, step: int) -> int:
     return int(math.ceil(value / step) * step)
 
 
-def shape_of(config_text: str, weight_bytes: int, *, where: str = "") -> ModelShape:
-    """A model's shape from its config.pbtxt text and the size of its graph files."""
+def shape_of(
+    config_text: str, weight_bytes: int, *, where: str = "", cpus: int | None = None
+) -> ModelShape:
+    """A model's shape from its config.pbtxt text and the size of its graph files; with
+    ``cpus``, a model built ``auto`` counts the instances the server gives it on that many
+    CPUs (model_repository.placement)."""
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2 as pb
 
@@ -140,6 +145,8 @@ def shape_of(config_text: str, weight_bytes: int, *, where: str = "") -> ModelSh
         config = text_format.Parse(config_text, pb.ModelConfig())
     except text_format.ParseError as exc:
         raise RepositoryError(f"cannot parse {where or 'config'}: {exc}") from exc
+    if cpus and is_auto(config):
+        config = override(config, auto_layout(cpus), cpus=cpus) or config
     params = {key: value.string_value for key, value in config.parameters.items()}
     backend = config.backend or ("ensemble" if config.platform == "ensemble" else config.platform)
     groups = list(config.instance_group) or [pb.ModelInstanceGroup(count=1)]
@@ -178,7 +185,9 @@ def _bytes_limit(name: str, params: dict[str, str]) -> int:
     return int(value) if value and value.isdigit() else BYTES_DEFAULT
 
 
-def _models(files: dict[str, int], read: ReadFn, where: str) -> RepositoryShape:
+def _models(
+    files: dict[str, int], read: ReadFn, where: str, cpus: int | None = None
+) -> RepositoryShape:
     """``files``: every path (relative, '/'-separated) and its size."""
     shapes = []
     for path in sorted(files):
@@ -191,18 +200,21 @@ def _models(files: dict[str, int], read: ReadFn, where: str) -> RepositoryShape:
             for name, size in files.items()
             if name.startswith(f"{model}/") and name.endswith(WEIGHT_SUFFIXES)
         )
-        shapes.append(shape_of(read(path), weights, where=f"{where}/{path}"))
+        shapes.append(shape_of(read(path), weights, where=f"{where}/{path}", cpus=cpus))
     if not shapes:
         raise RepositoryError(f"{where}: no model configs found")
     return RepositoryShape(tuple(shapes))
 
 
-def inspect(source: str | Path, *, endpoint_url: str | None = None) -> RepositoryShape:
+def inspect(
+    source: str | Path, *, endpoint_url: str | None = None, cpus: int | None = None
+) -> RepositoryShape:
     """The shape of the repository in ``source``: a folder, or ``s3://bucket/prefix``
-    (``s3://host:port/bucket/prefix`` as Triton spells a store that is not AWS)."""
+    (``s3://host:port/bucket/prefix`` as Triton spells a store that is not AWS), served on
+    ``cpus`` CPUs (None: as built)."""
     text = str(source)
     if text.startswith("s3://"):
-        return _inspect_s3(text, endpoint_url)
+        return _inspect_s3(text, endpoint_url, cpus)
     if text.startswith(REMOTE_SCHEMES):
         raise ConfigError(f"{text}: sizing reads s3:// or a local copy (--sizing-from DIR)")
     root = Path(source)
@@ -211,7 +223,7 @@ def inspect(source: str | Path, *, endpoint_url: str | None = None) -> Repositor
     files = {
         p.relative_to(root).as_posix(): p.stat().st_size for p in root.rglob("*") if p.is_file()
     }
-    return _models(files, lambda rel: (root / rel).read_text(), str(root))
+    return _models(files, lambda rel: (root / rel).read_text(), str(root), cpus)
 
 
 def split_triton_s3(url: str) -> tuple[str | None, str, str]:
@@ -230,7 +242,7 @@ def split_triton_s3(url: str) -> tuple[str | None, str, str]:
     return None, first, tail.strip("/")
 
 
-def _inspect_s3(url: str, endpoint_url: str | None) -> RepositoryShape:
+def _inspect_s3(url: str, endpoint_url: str | None, cpus: int | None) -> RepositoryShape:
     try:
         import boto3
         from botocore.exceptions import BotoCoreError, ClientError
@@ -247,7 +259,7 @@ def _inspect_s3(url: str, endpoint_url: str | None) -> RepositoryShape:
             body = client.get_object(Bucket=bucket, Key=base + rel)["Body"].read()
             return str(body.decode())
 
-        return _models(files, read, url)
+        return _models(files, read, url, cpus)
     except (BotoCoreError, ClientError) as exc:
         raise RepositoryError(f"cannot read {url}: {exc}") from exc
 

@@ -51,6 +51,7 @@ from vlpserve.model_repository.config import (
     check_gpus,
     write_config,
 )
+from vlpserve.model_repository.placement import NATIVE_THREADS, Layout, Role, marks
 from vlpserve.model_repository.runtime.params import (
     BlipGenerateParams,
     BlipParams,
@@ -92,18 +93,17 @@ class RepositoryOptions:
     # it is busy, so batches still form. Measured on the 2-core CPU machine (RESULTS.md):
     # 2 ms at both ensemble steps added about 5 ms to a batch-1 text round trip and did not
     # raise throughput at concurrency 32.
-    max_queue_delay_us: int = 0
-    encoder_instances: int = 1
-    # ONNX Runtime intra-op threads of each instance that runs a CLIP / GroupViT graph (python
-    # runtime); 0: ONNX Runtime's default, one per core. On CPU, instances x threads = cores
-    # (2 x 1 on 2 cores) overlaps one instance's batch with the next instead of two threads
-    # meeting at every operator: served int8 CLIP texts 209 -> 257/s at c=16 (RESULTS.md);
-    # one request then has half the cores, so batch-1 latency grows.
-    encoder_threads: int = 0
-    preprocess_instances: int = 1
-    # Images are decoded on CPU threads; ``device``: then resized, cropped and normalised by
-    # ONNX Runtime on the instance's device (a GPU one with the GPU device), parity-gated
-    # (runtime.device_images), the pixels passed on by DLPack. ``host``: bit-equal, on CPU.
+    max_queue_delay_us: int | None = None  # None: the layout file's, else 0
+    # Instances x ONNX Runtime intra-op threads of each model that runs a graph, and the
+    # instances of the pre-processing models. None (the default): ``auto``, chosen by
+    # ``vlpserve serve`` for the CPUs the server may use (model_repository.placement: on 2
+    # cores 2 x 1, which served int8 CLIP texts 209 -> 257/s at c=16, RESULTS.md); a value
+    # given here, or ``layout``, is written as built and the server keeps it. Threads 0:
+    # ONNX Runtime's default, one per core.
+    encoder_instances: int | None = None
+    encoder_threads: int | None = None
+    preprocess_instances: int | None = None
+    layout: Layout | None = None  # ``repo build --layout FILE`` (vlpserve tune writes one)
     preprocess: Preprocess = Preprocess.HOST
     max_labels: int = 64  # GroupViT segmentation: labels per request
     # Requests waiting per model before new ones are refused (Overloaded), and the longest a
@@ -134,14 +134,42 @@ class RepositoryOptions:
             )
         if not 1 <= self.max_batch_size <= 4096:
             raise ConfigError(f"max_batch_size must be in 1..4096, got {self.max_batch_size}")
-        if self.encoder_instances < 1 or self.preprocess_instances < 1:
+        if (self.encoder_instances or 1) < 1 or (self.preprocess_instances or 1) < 1:
             raise ConfigError("instance counts must be >= 1")
-        if not 0 <= self.encoder_threads <= 1024:
+        if not 0 <= (self.encoder_threads or 0) <= 1024:
             raise ConfigError(f"encoder_threads must be in 0..1024, got {self.encoder_threads}")
         if not 1 <= self.max_labels <= 1024:
             raise ConfigError(f"max_labels must be in 1..1024, got {self.max_labels}")
         if self.max_queue_size < 0 or self.queue_timeout_ms < 0:
             raise ConfigError("max_queue_size and queue_timeout_ms must be >= 0")
+
+    @property
+    def auto_encoders(self) -> bool:
+        """Whether the server chooses the encoders' layout (nothing was said here)."""
+        return self.layout is None and self.encoder_instances is self.encoder_threads is None
+
+    @property
+    def auto_preprocess(self) -> bool:
+        return self.layout is None and self.preprocess_instances is None
+
+    @property
+    def built(self) -> Layout:
+        """The layout written into the configs: options given, else the layout file's, else
+        a bare tritonserver's defaults (one instance, a thread per core)."""
+        base = self.layout or Layout()
+        return dataclasses.replace(
+            base,
+            encoder_instances=self.encoder_instances or base.encoder_instances,
+            encoder_threads=(
+                base.encoder_threads if self.encoder_threads is None else self.encoder_threads
+            ),
+            preprocess_instances=self.preprocess_instances or base.preprocess_instances,
+            max_queue_delay_us=(
+                self.max_queue_delay_us
+                if self.max_queue_delay_us is not None
+                else base.max_queue_delay_us or 0
+            ),
+        )
 
 
 def transparent_to(report: ExportReport) -> str:
@@ -203,8 +231,14 @@ class _Renderer:
         self.report = report
         self.export = ExportFolder(options.export_dir)
         self.python = options.runtime is Runtime.PYTHON
+        self.layout = options.built
         self.batching = Batching(
-            max_queue_delay_us=options.max_queue_delay_us,
+            max_queue_delay_us=self.layout.max_queue_delay_us or 0,
+            preferred_batch_sizes=(
+                (min(self.layout.max_batch, options.max_batch_size),)
+                if self.layout.max_batch
+                else ()
+            ),
             max_queue_size=options.max_queue_size,
             queue_timeout_us=options.queue_timeout_ms * 1000,
         )
@@ -216,6 +250,12 @@ class _Renderer:
         self.on_device = options.preprocess is Preprocess.DEVICE
         # Python models that run graphs on a GPU take their inputs where they are.
         self.keep_input_device = KEEP_INPUT_DEVICE if self.on_gpu else {}
+        # What the launcher reads to size the models at serve time (placement).
+        self.encoder_marks = marks(Role.ENCODER, auto=options.auto_encoders)
+        self.preprocess_marks = marks(Role.PREPROCESS, auto=options.auto_preprocess)
+        threads = self.layout.encoder_threads
+        # Triton's ONNX Runtime backend's own thread parameter, where threads were set.
+        self.native_threads = {NATIVE_THREADS: str(threads)} if threads and not self.on_gpu else {}
 
     def model_folder(self, name: str) -> ModelFolder:
         """``<out>/<name>/1``, emptied."""
@@ -313,7 +353,7 @@ class _Builder(_Renderer):
         folder = self.model_folder(contract.name)
         _link_or_copy(src, folder.graph())
         accelerators: tuple[Accelerator, ...] = ()
-        parameters = self.family.to_config()
+        parameters = self.family.to_config() | self.native_threads | self.encoder_marks
         on_tensorrt = self.options.tensorrt or (
             not self.python and self.options.device is Device.GPU
         )
@@ -337,9 +377,9 @@ class _Builder(_Renderer):
                 **dataclasses.asdict(self.family),
                 pad_values=pads,
                 tensorrt=tensorrt,
-                intra_op_threads=self.options.encoder_threads,
+                intra_op_threads=self.layout.encoder_threads,
             )
-            parameters = params.to_config() | self.keep_input_device
+            parameters = params.to_config() | self.keep_input_device | self.encoder_marks
             self.python_model(folder, "onnx_model")
         elif self.options.device is Device.GPU:
             accelerators = (
@@ -360,7 +400,7 @@ class _Builder(_Renderer):
             inputs=inputs,
             outputs=outputs,
             batching=self.batching,
-            instances=self.options.encoder_instances,
+            instances=self.layout.encoder_instances,
             device=self.options.device or Device.CPU,
             gpus=self.options.gpus,
             parameters=parameters,
@@ -414,8 +454,8 @@ class _Builder(_Renderer):
                 TOKEN_COUNT_CONFIG,
             ),
             batching=self.batching,
-            instances=self.options.preprocess_instances,
-            parameters=self.tokenizer_params().to_config(),
+            instances=self.layout.preprocess_instances,
+            parameters=self.tokenizer_params().to_config() | self.preprocess_marks,
         )
 
     def image_preprocessor(self, image_encoder: ModelConfig) -> ModelConfig:
@@ -425,7 +465,10 @@ class _Builder(_Renderer):
         self.python_model(folder, "image_preprocessor_model")
         pixel_values = next(t for t in image_encoder.inputs if t.name == PIXEL_VALUES)
         params = ImageParams(
-            **dataclasses.asdict(self.family), on_device=self.on_device, **self.limits
+            **dataclasses.asdict(self.family),
+            on_device=self.on_device,
+            decode_threads=self.layout.decode_threads,
+            **self.limits,
         )
         # Pre-processing on the device: the instances go where the encoders are.
         on_gpu = self.on_device and self.on_gpu
@@ -436,10 +479,10 @@ class _Builder(_Renderer):
             inputs=(TensorConfig(name=IMAGE, dtype="object", dims=(1,)),),
             outputs=(pixel_values,),
             batching=self.batching,
-            instances=self.options.preprocess_instances,
+            instances=self.layout.preprocess_instances,
             device=Device.GPU if on_gpu else Device.CPU,
             gpus=self.options.gpus if on_gpu else (),
-            parameters=params.to_config(),
+            parameters=params.to_config() | self.preprocess_marks,
         )
 
     def ensemble(
@@ -483,7 +526,7 @@ class _Builder(_Renderer):
         wanted = set(contract.output_names())
         params = TextParams(
             **dataclasses.asdict(self.tokenizer_params()),
-            intra_op_threads=self.options.encoder_threads,
+            intra_op_threads=self.layout.encoder_threads,
         )
         return ModelConfig(
             name=contract.name,
@@ -492,10 +535,10 @@ class _Builder(_Renderer):
             inputs=tokenizer.inputs,
             outputs=(*(t for t in text_encoder.outputs if t.name in wanted), TOKEN_COUNT_CONFIG),
             batching=self.batching,
-            instances=self.options.encoder_instances,
+            instances=self.layout.encoder_instances,
             device=self.options.device or Device.CPU,
             gpus=self.options.gpus,
-            parameters=params.to_config(),
+            parameters=params.to_config() | self.encoder_marks,
         )
 
     def segment(self) -> ModelConfig:
@@ -511,6 +554,7 @@ class _Builder(_Renderer):
             image_model=self.models.image_encoder.name,
             encoder_max_batch_size=self.options.max_batch_size,
             max_labels=self.options.max_labels,
+            decode_threads=self.layout.decode_threads,
             **self.limits,
         )
         return ModelConfig(
@@ -528,8 +572,8 @@ class _Builder(_Renderer):
                 for t in contract.outputs
             ),
             batching=self.batching,
-            instances=self.options.preprocess_instances,
-            parameters=params.to_config(),
+            instances=self.layout.preprocess_instances,
+            parameters=params.to_config() | self.preprocess_marks,
         )
 
     def build(self) -> list[ModelConfig]:
@@ -581,10 +625,19 @@ class _BlipBuilder(_Renderer):
             inputs=tensor_configs(inputs, batched=batched),
             outputs=tensor_configs(outputs, batched=batched),
             batching=self.batching if batched else None,
-            instances=self.options.encoder_instances,
+            instances=self.layout.encoder_instances,
             device=self.options.device or Device.CPU,
             gpus=self.options.gpus,
-            parameters=GraphParams().to_config() | self.keep_input_device if self.python else {},
+            parameters=(
+                GraphParams(intra_op_threads=self.layout.encoder_threads).to_config()
+                | self.keep_input_device
+                if self.python
+                else self.native_threads
+            )
+            # Not auto: the raw models (the generation engine, ITM) run their graphs in
+            # their own processes, so these tensor-level models are off the users' path,
+            # and doubling them would double the processes a BLIP repository starts.
+            | marks(Role.ENCODER, auto=False),
         )
 
     def raw_model(self) -> ModelConfig:

@@ -26,6 +26,7 @@ from vlpserve.export.siglip_checkpoints import SIGLIP_BASE_HUB_ID, build_siglip
 from vlpserve.layout import ExportFolder
 from vlpserve.model_repository.builder import RepositoryOptions, build_repository
 from vlpserve.model_repository.config import Device, Preprocess
+from vlpserve.model_repository.placement import Layout
 from vlpserve.model_repository.runtime.params import InputLimits
 from vlpserve.progress import progress
 
@@ -101,11 +102,12 @@ def prepare_repository(
     models: dict[str, str] | None = None,
     device: Device = Device.CPU,
     precision: Precision = Precision.FP32,
-    encoder_instances: int = 1,
-    encoder_threads: int = 0,
+    encoder_instances: int | None = None,
+    encoder_threads: int | None = None,
     preprocess: Preprocess = Preprocess.HOST,
-    max_queue_delay_us: int = 0,
+    max_queue_delay_us: int | None = None,
     decode: str = "exact",
+    layout: Layout | None = None,
 ) -> tuple[Path, dict[str, tuple[str, Path]]]:
     """Checkpoints (``models`` by name, else the hub's or seeded ones), their exports and
     one repository ``<workdir>/model_repository``, built afresh.
@@ -135,6 +137,7 @@ def prepare_repository(
                 encoder_threads=encoder_threads,
                 preprocess=preprocess,
                 max_queue_delay_us=max_queue_delay_us,
+                layout=layout,
                 limits=InputLimits(decode=decode),
             )
         )

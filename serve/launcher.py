@@ -8,6 +8,9 @@ running interpreter's bin folder goes first there.
 tritonserver dies with the process that launched it (Linux: the parent-death signal), so a
 killed ``vlpserve serve`` leaves no server holding its ports; its stubs exit with it. Models
 are loaded once at start (explicit model control): callers cannot load or unload them.
+Models that ``repo build`` left to the server (``auto``) get a layout sized for the CPUs the
+server may use (model_repository.placement): tritonserver reads a local repository through
+an overlay that holds their sized configs; from object storage they are reloaded sized.
 """
 
 from __future__ import annotations
@@ -28,13 +31,17 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
 from vlpserve.errors import ServeError
+from vlpserve.layout import CONFIG_FILE
+from vlpserve.model_repository.config import read_config, to_text
+from vlpserve.model_repository.placement import Layout, auto_layout, is_auto, override, summary
+from vlpserve.ort import usable_cpus
 from vlpserve.serve.drain import calls, waves
 from vlpserve.serve.logsink import MAX_BYTES, LogSink
 from vlpserve.serve.security import Security, dial
@@ -141,7 +148,9 @@ class TritonServer:
     another installation's binary (an NGC container's), whose own backends are then used.
     ``cpus`` pins the server and its model stubs to those CPUs (a load generator on the
     others then does not take the server's cores); graphs whose threads are not set take one
-    per CPU given.
+    per CPU given. ``layout`` (a layout file's) sizes every model that has a role; without
+    one, the models built ``auto`` get ``auto_layout`` for the CPUs it may use (``placed``
+    then says what each model got).
     """
 
     repository: (
@@ -161,11 +170,14 @@ class TritonServer:
     log_max_bytes: int = MAX_BYTES  # the log file rotates there (one previous file kept)
     log_echo: IO[bytes] | None = None  # also write tritonserver's log there (stdout)
     cpus: frozenset[int] | None = None  # the CPUs it and its model stubs run on (Linux)
+    layout: Layout | None = None
+    placed: dict[str, str] = field(default_factory=dict, init=False)
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False, repr=False)
     _watch: StubWatch | None = field(default=None, init=False, repr=False)
     _log: LogSink | None = field(default=None, init=False, repr=False)
     _chosen: tuple[str, ...] = field(default=(), init=False, repr=False)
+    _served: Path | str | None = field(default=None, init=False, repr=False)  # what it reads
 
     def __post_init__(self) -> None:
         if self.cpus is not None:
@@ -206,7 +218,7 @@ class TritonServer:
         binary = self.tritonserver or pytriton_root() / "bin" / "tritonserver"
         args = [
             str(binary),
-            f"--model-repository={self.repository}",
+            f"--model-repository={self._served or self.repository}",
             f"--grpc-port={self.grpc_port}",
             f"--http-port={self.http_port}",
             f"--metrics-port={self.metrics_port}",
@@ -271,6 +283,7 @@ class TritonServer:
         self._workdir = tempfile.TemporaryDirectory(prefix="vlpserve-triton-")
         workdir = Path(self._workdir.name)
         backends = None if self.tritonserver else prepare_backends(pytriton_root(), workdir)
+        self._served = self._overlay(workdir) or self.repository
         log_path = self.log_path = self.log_path or workdir / "tritonserver.log"
         try:
             for attempt in range(BIND_RETRIES + 1):
@@ -281,6 +294,8 @@ class TritonServer:
                     raise ServeError("tritonserver could not bind its ports:\n" + self.log_tail())
                 logger.info("a chosen port was taken meanwhile: choosing others")
                 self._choose_ports()
+            if not isinstance(self.repository, Path):
+                self._reload()
             if self.supervise and self._process is not None:
                 self._watch = StubWatch(
                     self._process.pid, self.restart_model, self.serving, self.running
@@ -289,6 +304,69 @@ class TritonServer:
             self.stop()
             raise
         return self
+
+    def _layout(self) -> tuple[Layout, int]:
+        cpus = len(self.cpus) if self.cpus else usable_cpus()
+        return self.layout or auto_layout(cpus), cpus
+
+    def _plan(self, configs: dict[str, Any]) -> dict[str, Any]:
+        """The models to size here, with their new configs (see the class docstring)."""
+        layout, cpus = self._layout()
+        return {
+            name: changed
+            for name, config in sorted(configs.items())
+            if (self.layout is not None or is_auto(config))
+            and (changed := override(config, layout, cpus=cpus)) is not None
+        }
+
+    def _overlay(self, workdir: Path) -> Path | None:
+        """A local repository with models to size: a repository in ``workdir`` whose sized
+        models have their new config.pbtxt and link everything else to the original, so
+        tritonserver loads each model once, as sized (None: nothing to size)."""
+        if not isinstance(self.repository, Path):
+            return None
+        configs = {
+            path.parent.name: read_config(path) for path in self.repository.glob(f"*/{CONFIG_FILE}")
+        }
+        changes = self._plan(configs)
+        if not changes:
+            return None
+        overlay = workdir / "repository"
+        overlay.mkdir()
+        for entry in self.repository.iterdir():
+            if entry.name not in changes:
+                (overlay / entry.name).symlink_to(entry)
+                continue
+            (overlay / entry.name).mkdir()
+            for part in entry.iterdir():
+                if part.name != CONFIG_FILE:
+                    (overlay / entry.name / part.name).symlink_to(part)
+            (overlay / entry.name / CONFIG_FILE).write_text(to_text(changes[entry.name]))
+        self._placed(changes)
+        return overlay
+
+    def _reload(self) -> None:
+        """A remote repository (S3): each model was loaded as built; the ones to size are
+        reloaded, side by side. A reloaded model keeps serving until its new instances are
+        ready."""
+        with self.admin() as admin:
+            changes = self._plan(admin.configs())
+            if not changes:
+                return
+            with ThreadPoolExecutor(max_workers=len(changes)) as pool:
+                loads = {name: pool.submit(admin.load, name, c) for name, c in changes.items()}
+        for name, load in loads.items():
+            if load.exception() is not None:
+                raise ServeError(f"{name}: loading its layout failed: {load.exception()}")
+        self._placed(changes)
+
+    def _placed(self, changes: dict[str, Any]) -> None:
+        layout, cpus = self._layout()
+        self.placed = {name: summary(config) for name, config in changes.items()}
+        source = "the layout file" if self.layout else "auto"
+        logger.info("layout for %d CPU(s) (%s): %s", cpus, source, layout.describe())
+        for name, what in self.placed.items():
+            logger.info("  %s: %s", name, what)
 
     def _launch(self, backends: Path | None, log_path: Path) -> None:
         if self._log is not None:  # a launch that lost its ports: its output is all read
@@ -468,7 +546,6 @@ class _Admin:
         return {"name": found.name, "version": found.version}
 
     def reload(self, model: str, timeout_s: float = 300) -> None:
-        from google.protobuf import json_format
         from tritonclient.grpc import service_pb2 as pb
 
         found = self.stub.ModelConfig(
@@ -476,8 +553,16 @@ class _Admin:
         ).config
         restarts = found.parameters["vlpserve_restarts"]
         restarts.string_value = str(int(restarts.string_value or "0") + 1)
+        self.load(model, found, timeout_s)
+
+    def load(self, model: str, config: Any, timeout_s: float = 300) -> None:
+        """(Re)load ``model`` with ``config`` (a ``model_config_pb2.ModelConfig``) instead of
+        its config.pbtxt."""
+        from google.protobuf import json_format
+        from tritonclient.grpc import service_pb2 as pb
+
         request = pb.RepositoryModelLoadRequest(model_name=model)
-        request.parameters["config"].string_param = json_format.MessageToJson(found)
+        request.parameters["config"].string_param = json_format.MessageToJson(config)
         self.stub.RepositoryModelLoad(
             request, timeout=timeout_s, metadata=self.security.metadata(admin=True)
         )

@@ -62,6 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_repo_build(args: argparse.Namespace) -> int:
     from vlpserve.model_repository import RepositoryOptions, build_repository
+    from vlpserve.model_repository.placement import Layout
     from vlpserve.model_repository.runtime.params import InputLimits
 
     names = build_repository(
@@ -77,6 +78,7 @@ def cmd_repo_build(args: argparse.Namespace) -> int:
             encoder_instances=args.encoder_instances,
             encoder_threads=args.encoder_threads,
             preprocess_instances=args.preprocess_instances,
+            layout=Layout.read(args.layout) if args.layout else None,
             preprocess=args.preprocess,
             max_labels=args.max_labels,
             max_queue_size=args.max_queue_size,
@@ -143,7 +145,9 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         monitoring_namespace=args.monitoring_namespace,
         format=Format(args.format),
     )
-    shape = inspect(args.sizing_from or args.repo, endpoint_url=args.endpoint_url)
+    shape = inspect(
+        args.sizing_from or args.repo, endpoint_url=args.endpoint_url, cpus=options.cpus
+    )
     paths = write(render(options, shape), args.out)
     print(
         f"{len(shape.models)} models, {shape.python_instances} Python-backend instances: "
@@ -222,8 +226,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 "the server takes an API key, and the front door would answer without one: "
                 "give its callers a key of their own with --openai-key-file"
             )
+    layout = None
+    if args.layout:
+        from vlpserve.model_repository.placement import Layout
+
+        layout = Layout.read(args.layout)
     server = TritonServer(
         args.repo,
+        layout=layout,
         grpc_port=args.grpc_port,
         http_port=args.http_port,
         metrics_port=args.metrics_port,
@@ -252,6 +262,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"metrics  {args.metrics_host}:{server.metrics_port} (plaintext, no key)")
         print(f"OpenAI   {gateway.url if gateway else 'off'}")
         print(f"API key  {'required' if security.api_key else 'none'}")
+        for model, placed in server.placed.items():
+            print(f"layout   {model}: {placed}")
         print("serving; Ctrl-C or SIGTERM stops", flush=True)
         while not stop.wait(0.5):
             if not server.healthy():
@@ -370,6 +382,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         precision=args.precision,
         encoder_instances=args.encoder_instances,
         encoder_threads=args.encoder_threads,
+        layout=args.layout,
         preprocess=args.preprocess,
         decode=args.decode,
         max_queue_delay_us=args.max_queue_delay_us,
@@ -384,6 +397,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report = run_bench(options, step)
     print(Path(report["files"]["markdown"]).read_text())
     print(f"report: {report['files']['json']}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from vlpserve.benchmarks.pinning import cpu_list
+    from vlpserve.benchmarks.tune import TuneOptions, planned_points, run_tune
+    from vlpserve.progress import progress
+
+    options = TuneOptions(
+        repo=args.repo,
+        out=args.out,
+        scenarios=tuple(s for s in (args.scenarios or "").split(",") if s),
+        concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+        latency_p99_ms=args.latency_p99_ms,
+        budget_s=args.budget,
+        warmup_s=args.warmup,
+        duration_s=args.duration,
+        cpus=frozenset(cpu_list(args.server_cpus)) if args.server_cpus else None,
+    )
+    with progress("tune", total=planned_points(options)) as step:
+        report = run_tune(options, step)
+    print(Path(report["files"]["markdown"]).read_text())
+    print(f"layout: {report['files']['layout']} (serve --layout, repo build --layout)")
     return 0
 
 
@@ -476,16 +512,35 @@ def parser() -> argparse.ArgumentParser:
         "engines cached in the repository)",
     )
     build.add_argument("--max-batch-size", type=int, default=64)
-    build.add_argument("--max-queue-delay-us", type=int, default=0)
-    build.add_argument("--encoder-instances", type=int, default=1)
+    build.add_argument(
+        "--max-queue-delay-us", type=int, default=None, help="the batcher's wait (default 0)"
+    )
+    build.add_argument(
+        "--encoder-instances",
+        type=int,
+        default=None,
+        help="instances of each model that runs a graph (default: auto, chosen by serve for "
+        "the CPUs the server may use)",
+    )
     build.add_argument(
         "--encoder-threads",
         type=int,
-        default=0,
-        help="ONNX Runtime threads per CLIP/GroupViT graph instance (0: one per core); on CPU "
-        "instances x threads = cores favours throughput",
+        default=None,
+        help="ONNX Runtime threads per graph instance (0: one per core; default: auto)",
     )
-    build.add_argument("--preprocess-instances", type=int, default=1)
+    build.add_argument(
+        "--preprocess-instances",
+        type=int,
+        default=None,
+        help="tokenizer and image-decoding instances (default: auto)",
+    )
+    build.add_argument(
+        "--layout",
+        type=Path,
+        default=None,
+        help="a layout file (vlpserve tune writes one): instances, threads, batching, written "
+        "as built; the options above still win",
+    )
     build.add_argument(
         "--preprocess",
         choices=["host", "device"],
@@ -598,6 +653,13 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         help="the front door's callers must present this key (not the server's own)",
+    )
+    serve.add_argument(
+        "--layout",
+        type=Path,
+        default=None,
+        help="a layout file (vlpserve tune writes one) applied to every model at start, "
+        "instead of the auto layout sized from the CPUs the server may use",
     )
     serve.set_defaults(func=cmd_serve)
 
@@ -736,13 +798,14 @@ def parser() -> argparse.ArgumentParser:
         default="fp32",
         help="of the graphs it exports and serves (int8: the CPU variant)",
     )
-    bench.add_argument("--encoder-instances", type=int, default=1, help="as repo build's")
-    bench.add_argument("--encoder-threads", type=int, default=0, help="as repo build's")
+    bench.add_argument("--encoder-instances", type=int, default=None, help="as repo build's")
+    bench.add_argument("--encoder-threads", type=int, default=None, help="as repo build's")
+    bench.add_argument("--layout", type=Path, default=None, help="as repo build's")
     bench.add_argument(
         "--preprocess", choices=["host", "device"], default="host", help="as repo build's"
     )
     bench.add_argument("--decode", choices=DECODE, default="exact", help="as repo build's")
-    bench.add_argument("--max-queue-delay-us", type=int, default=0, help="as repo build's")
+    bench.add_argument("--max-queue-delay-us", type=int, default=None, help="as repo build's")
     bench.add_argument(
         "--soak",
         type=float,
@@ -768,6 +831,31 @@ def parser() -> argparse.ArgumentParser:
         "others, the in-process baselines on these (Linux)",
     )
     bench.set_defaults(func=cmd_bench)
+
+    tune = sub.add_parser(
+        "tune", help="find the layout of a repository for this machine and a p99 target"
+    )
+    tune.add_argument("repo", type=Path)
+    tune.add_argument("--out", type=Path, required=True, help="the layout file (JSON) to write")
+    tune.add_argument(
+        "--scenarios",
+        default=None,
+        help="bench scenarios to load it with (default: the text and image ones it serves)",
+    )
+    tune.add_argument("--concurrency", default="1,4,16")
+    tune.add_argument(
+        "--latency-p99-ms",
+        type=float,
+        default=None,
+        help="the p99 to meet (default: 3x each scenario's batch-1 p50)",
+    )
+    tune.add_argument("--budget", type=float, default=900.0, help="seconds for the search")
+    tune.add_argument("--warmup", type=float, default=1.0, help="seconds per point")
+    tune.add_argument("--duration", type=float, default=5.0, help="seconds per point")
+    tune.add_argument(
+        "--server-cpus", default=None, metavar="CPUS", help="the server's CPUs (as bench's)"
+    )
+    tune.set_defaults(func=cmd_tune)
 
     demo = sub.add_parser(
         "demo", help="export, build, serve and query CLIP, GroupViT, SigLIP, BLIP"

@@ -11,6 +11,7 @@ that runs two graphs at once (BLIP generation: vision encoder and decoder) turns
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -58,10 +59,48 @@ def providers(
 
 def usable_cpus() -> int:
     """The CPUs this process may run on: its affinity (a cpuset, ``taskset``, a pinned
-    server) where the platform has one, else all of them."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+    server) where the platform has one, else all of them, and no more than its cgroup's CPU
+    quota allows (a Kubernetes CPU limit without the static CPU manager), rounded up."""
+    found = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    found = found or os.cpu_count() or 1
+    quota = cpu_quota()
+    return min(found, quota) if quota else found
+
+
+def cpu_quota(
+    root: Path = Path("/sys/fs/cgroup"), own: Path = Path("/proc/self/cgroup")
+) -> int | None:
+    """The CPUs this process's cgroup may use per period, rounded up; None: no quota.
+
+    cgroup v2 writes ``<quota> <period>`` (or ``max <period>``) in ``cpu.max``; v1 has
+    ``cpu.cfs_quota_us`` (-1: none) and ``cpu.cfs_period_us``."""
+    candidates: list[tuple[Path, bool]] = []
+    try:
+        for line in own.read_text().splitlines():
+            number, controllers, path = line.split(":", 2)
+            relative = path.lstrip("/")
+            if number == "0" and not controllers:
+                candidates.append((root / relative / "cpu.max", True))
+            elif "cpu" in controllers.split(","):
+                candidates.append((root / "cpu" / relative, False))
+    except (OSError, ValueError):
+        pass
+    candidates += [(root / "cpu.max", True), (root / "cpu", False)]
+    for place, unified in candidates:
+        try:
+            if unified:
+                quota, period = place.read_text().split()[:2]
+                if quota == "max":
+                    return None
+            else:
+                quota = (place / "cpu.cfs_quota_us").read_text().strip()
+                period = (place / "cpu.cfs_period_us").read_text().strip()
+                if int(quota) < 0:
+                    return None
+            return max(1, math.ceil(int(quota) / int(period)))
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
 
 
 def session(

@@ -25,6 +25,8 @@ from vlpserve.deploy import DeployOptions, Format, inspect, render
 from vlpserve.deploy import kubernetes as k8s
 from vlpserve.deploy.sizing import MIB
 from vlpserve.errors import ConfigError
+from vlpserve.model_repository.placement import auto_layout
+from vlpserve.ort import usable_cpus
 from vlpserve.serve import TritonServer
 from vlpserve.serve.supervisor import stubs
 
@@ -37,7 +39,8 @@ def _objects(repo: Path, **options: Any) -> dict[str, dict[str, Any]]:
     """Rendered objects; an API key unless the test names how callers are checked."""
     if not any(options.get(k) for k in ("api_key_secret", "mutual_tls", "insecure")):
         options["api_key_secret"] = "vlpserve-key"
-    return render(DeployOptions(repo=REPO_URL, **options), inspect(repo))
+    deploy = DeployOptions(repo=REPO_URL, **options)
+    return render(deploy, inspect(repo, cpus=deploy.cpus))
 
 
 def _strict(schema: dict[str, Any]) -> dict[str, Any]:
@@ -407,8 +410,9 @@ def _size_bytes(quantity: str) -> int:
 def test_dev_shm_covers_what_a_real_server_uses(clip_repo: Path) -> None:
     """Full batches of large images and long texts through every Python-backend model of
     the repository: the region each model's stubs grew fits that model's share, the total
-    fits the rendered /dev/shm with room to spare, and the memory limit holds it besides."""
-    shape = inspect(clip_repo)
+    fits the rendered /dev/shm with room to spare, and the memory limit holds it besides.
+    Sized for the CPUs the server here has, as a pod's is for its CPU limit."""
+    shape = inspect(clip_repo, cpus=usable_cpus())
     objects = render(DeployOptions(repo=REPO_URL, insecure=True), shape)
     template, container = _pod(objects)
     (shm,) = [v for v in template["spec"]["volumes"] if v["name"] == "dshm"]
@@ -482,3 +486,22 @@ def test_sizing_covers_siglip(python_repo: Path) -> None:
     for name in ("siglip_text", "siglip_text_encoder", "siglip_image_encoder"):
         assert siglip[name].shm_bytes > 0 and siglip[name].weight_bytes > 0, name
     assert siglip["siglip_image_preprocessor"].shm_bytes > 2 * 20 * MIB  # a batch of images
+
+
+def test_pods_are_sized_for_the_layout_their_cpus_get(clip_repo: Path) -> None:
+    """A repository built auto: the pod's CPU limit equals its request, so the server sizes
+    its layout for those CPUs, and the memory and /dev/shm are sized for that layout."""
+    shapes = {cpus: inspect(clip_repo, cpus=cpus) for cpus in (1, 16)}
+    for cpus, shape in shapes.items():
+        (encoder,) = [m for m in shape.models if m.name == "clip_image_encoder"]
+        assert encoder.instances == auto_layout(cpus).encoder_instances
+    assert shapes[16].memory_bytes > shapes[1].memory_bytes
+    assert shapes[16].shm_bytes > shapes[1].shm_bytes
+    for cpu, count in (("16", 16), ("3500m", 4), ("0.5", 1)):
+        objects = _objects(clip_repo, cpu=cpu)
+        _, container = _pod(objects)
+        assert container["resources"]["limits"]["cpu"] == cpu
+        assert container["resources"]["requests"]["cpu"] == cpu
+        assert DeployOptions(repo=REPO_URL, cpu=cpu, insecure=True).cpus == count
+    with pytest.raises(ConfigError, match="expected a CPU quantity"):
+        DeployOptions(repo=REPO_URL, cpu="four", insecure=True)

@@ -263,7 +263,7 @@ def test_a_killed_stub_is_replaced_while_other_models_serve(clip_repo: Path, pho
         images = _Load([lambda: client.embed_images([photos["coffee.png"]])])
         time.sleep(1.0)
         assert server.pid is not None
-        (victim,) = [s.pid for s in stubs(server.pid) if s.model == "clip_image_encoder"]
+        victim, *_ = [s.pid for s in stubs(server.pid) if s.model == "clip_image_encoder"]
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
 
@@ -301,7 +301,7 @@ def test_a_stub_that_cannot_come_back_stops_serve_non_zero(clip_repo: Path, tmp_
         model_py = repo / "clip_image_encoder" / "1" / "model.py"
         model_py.unlink()  # a link into the package in the test repository: replace it
         model_py.write_text("raise RuntimeError('broken on purpose')\n")
-        (victim,) = [s.pid for s in stubs(serve.tritonserver()) if s.model == "clip_image_encoder"]
+        victim, *_ = [s.pid for s in stubs(serve.tritonserver()) if s.model == "clip_image_encoder"]
         os.kill(victim, signal.SIGKILL)
         code = serve.process.wait(timeout=90)
         serve.errors.seek(0)
@@ -320,7 +320,7 @@ def test_the_watch_gives_up_on_a_server_never_ready_to_reload(clip_repo: Path) -
         watch = StubWatch(
             server.pid, server.restart_model, lambda: False, server.running, give_up_s=2.0
         )
-        (victim,) = [s.pid for s in stubs(server.pid) if s.model == "clip_text_encoder"]
+        victim, *_ = [s.pid for s in stubs(server.pid) if s.model == "clip_text_encoder"]
         killed = time.monotonic()
         os.kill(victim, signal.SIGKILL)
         while watch.failure is None and time.monotonic() - killed < 15:

@@ -8,11 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 
 from vlpserve.cli import main
 from vlpserve.client import Client
 from vlpserve.errors import ConfigError, RepositoryError, ServeError
+from vlpserve.model_repository.placement import auto_layout
 from vlpserve.model_repository.storage import KEEP, push
+from vlpserve.ort import usable_cpus
 from vlpserve.serve import TritonServer
 from vlpserve.serve.launcher import free_port
 
@@ -71,6 +74,13 @@ def test_served_from_object_storage(s3, store: str, clip_repo: Path, triton) -> 
         np.testing.assert_allclose(  # through the ensemble
             remote.embed_images([image]), local.embed_images([image]), rtol=0, atol=1e-6
         )
+        # The auto layout reaches models read from the store too (reloaded, sized).
+        expected = auto_layout(usable_cpus())
+        assert "clip_image_encoder" in server.placed
+        stats = grpcclient.InferenceServerClient(server.grpc_url)
+        config = stats.get_model_config("clip_image_encoder").config
+        stats.close()
+        assert config.instance_group[0].count == expected.encoder_instances
 
 
 def test_ensembles_need_the_markers(s3, store: str, clip_repo: Path) -> None:
