@@ -61,7 +61,7 @@ class TuneOptions:
     budget_s: float = 900.0
     warmup_s: float = 1.0
     duration_s: float = 5.0
-    cpus: frozenset[int] | None = None  # the server's CPUs (the load generator's are the rest)
+    cpus: frozenset[int] | None = None  # the CPUs the server is pinned to (None: all usable)
 
     def __post_init__(self) -> None:
         if not self.concurrency or min(self.concurrency) < 1:

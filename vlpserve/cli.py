@@ -853,7 +853,10 @@ def parser() -> argparse.ArgumentParser:
     tune.add_argument("--warmup", type=float, default=1.0, help="seconds per point")
     tune.add_argument("--duration", type=float, default=5.0, help="seconds per point")
     tune.add_argument(
-        "--server-cpus", default=None, metavar="CPUS", help="the server's CPUs (as bench's)"
+        "--server-cpus",
+        default=None,
+        metavar="CPUS",
+        help="pin the server to these CPUs (1 / 0,1 / 0-3) and size its layouts for them",
     )
     tune.set_defaults(func=cmd_tune)
 
