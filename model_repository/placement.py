@@ -8,11 +8,12 @@ frontend takes a core, while two instances overlap one batch with the next.
 
 So ``repo build`` marks the models it sizes as ``auto`` (parameter ``vlpserve_layout``) unless
 told a layout, and writes the plain defaults (one instance, a thread per core) that a bare
-tritonserver would use. When ``vlpserve serve`` starts, the launcher reads each loaded model's
-configuration, and reloads the ``auto`` ones with an override sized by ``auto_layout`` from
-the CPUs tritonserver may use (its affinity and its cgroup's quota: a pinned Kubernetes pod,
-``taskset``, ``--server-cpus``). A layout file (``vlpserve tune`` writes one) applied with
-``serve --layout`` overrides every model that has a role, ``repo build --layout`` writes it.
+tritonserver would use. When ``vlpserve serve`` starts, the launcher gives the ``auto`` ones
+a configuration sized by ``auto_layout`` (through an overlay of a local repository, or a reload
+from object storage) for the CPUs tritonserver may use (its affinity and its cgroup's quota:
+a pinned Kubernetes pod, ``taskset``, ``--server-cpus``). A layout file (``vlpserve tune``
+writes one) applied with ``serve --layout`` overrides every model that has a role, and
+``repo build --layout`` writes it.
 
 Roles (parameter ``vlpserve_role``): ``encoder`` models run a graph (instances x ONNX Runtime
 threads); ``preprocess`` models tokenize or decode (instances, and the decode pool's threads).
@@ -125,9 +126,10 @@ class Layout:
         unknown = sorted(set(body) - known)
         if unknown:
             raise ConfigError(f"layout file {path}: unknown keys {unknown}; known: {sorted(known)}")
+        optional = {"max_queue_delay_us", "max_batch", "cpus"}  # None: as built, unknown
         for key, value in body.items():
             wanted = dict if key == "measured" else int
-            if value is not None and (type(value) is not wanted):
+            if not (value is None and key in optional) and type(value) is not wanted:
                 raise ConfigError(f"layout file {path}: {key} must be {wanted.__name__}")
         try:
             return cls(**body)

@@ -96,6 +96,7 @@ def test_layout_file_round_trip_and_errors(tmp_path: Path) -> None:
         '{"version": 1, "encoder_instancez": 2}': "unknown keys",
         '{"version": 1, "encoder_instances": 0}': "encoder_instances must be in 1..256",
         '{"version": 1, "encoder_threads": "2"}': "encoder_threads must be int",
+        '{"version": 1, "encoder_instances": null}': "encoder_instances must be int",
         '{"version": 1, "max_batch": 0}': "max_batch must be in 1..4096",
     }
     for text, message in cases.items():
